@@ -1,0 +1,236 @@
+"""The Python API: a small predictor over a big model, in the spirit of ``SamPredictor``.
+
+    seg = Segmenter.from_pretrained("flux2-klein-4b")
+    result = seg.segment("photo.jpg", "the zebra on the left")
+    result.mask          # bool (H, W) at the input resolution
+
+``set_image`` encodes an image once; ``predict`` then segments any number of expressions for it,
+``batch_size`` at a time, each batch one transformer forward.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .backbones import TINY_RANDOM, Backbone, PreparedImage, load_backbone
+from .config import MethodConfig
+from .errors import ConfigError, ExpressionError, OutOfMemoryError, out_of_memory_message
+from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from .methods.early_grounding import ground, masks_at_input
+from .probes import ProbePlan
+from .text import make_instruction, normalize_expression
+
+DEFAULT_MODEL = TINY_RANDOM
+RANDOM_WEIGHTS_NOTICE = (
+    "RANDOM WEIGHTS: model {name!r} is randomly initialised, so its output is meaningless. "
+    "It exists to try editseg offline; use a real model (e.g. --model flux2-klein-4b) for real masks."
+)
+
+
+@dataclass
+class SegmentationResult:
+    """One expression's result. Maps are at the input resolution unless named ``*_tokens``."""
+
+    expression: str
+    instruction: str
+    mask: np.ndarray  # bool (H, W)
+    cam: np.ndarray  # float32 (H, W) in [0, 1]
+    ram: np.ndarray
+    cam_tokens: np.ndarray  # float32 (rows, cols)
+    ram_tokens: np.ndarray
+    prompt_token_indices: list[int]
+    prompt_tokens: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    model: str = ""
+    config: dict = field(default_factory=dict)
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+class Segmenter:
+    """Segments what expressions refer to in an image, from one probed forward of an editing model."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: MethodConfig | None = None,
+        batch_size: int = 8,
+        instruction_refiner: Callable[[str], str] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        self.backbone = backbone
+        self.config = config or MethodConfig()
+        self.batch_size = batch_size
+        self.instruction_refiner = instruction_refiner
+        self.max_pixels = max_pixels
+        self._image: PreparedImage | None = None
+        self._image_seconds = 0.0
+        if backbone.is_random:
+            warnings.warn(RANDOM_WEIGHTS_NOTICE.format(name=backbone.name), stacklevel=2)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        offload: str = "none",
+        config: MethodConfig | None = None,
+        **kwargs,
+    ) -> "Segmenter":
+        """Load ``model`` (name, hub id or local folder); see :func:`editseg.backbones.load_backbone`."""
+        return cls(load_backbone(model, device=device, dtype=dtype, offload=offload), config=config, **kwargs)
+
+    # -- image -----------------------------------------------------------------------------------
+    def set_image(self, image: ImageInput) -> None:
+        """Load, pre-process and encode ``image``; later :meth:`predict` calls reuse it."""
+        start = time.perf_counter()
+        rgb = load_image(image, max_pixels=self.max_pixels)
+        with self._memory_guard(), torch.inference_mode():
+            self._image = self.backbone.prepare_image(rgb)
+        self._image_seconds = _elapsed(start, self.backbone.device)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(width, height) of the current image."""
+        return None if self._image is None else self._image.geometry.input_size
+
+    # -- expressions ------------------------------------------------------------------------------
+    def instruction_for(self, expression: str, config: MethodConfig | None = None) -> str:
+        config = config or self.config
+        if self.instruction_refiner is not None:
+            refined = self.instruction_refiner(expression)
+            if expression not in refined:
+                raise ExpressionError(
+                    f"The instruction refiner returned {refined!r}, which no longer contains the expression "
+                    f"{expression!r}; its tokens could not be located."
+                )
+            return refined
+        return make_instruction(expression, config.instruction_template)
+
+    def predict(
+        self, expressions: str | Sequence[str], config: MethodConfig | None = None
+    ) -> list[SegmentationResult]:
+        """Segment each expression in the current image (see :meth:`set_image`)."""
+        if self._image is None:
+            raise ConfigError("No image set: call set_image(image) first, or use segment(image, expressions).")
+        config = config or self.config
+        if isinstance(expressions, str):
+            expressions = [expressions]
+        expressions = [normalize_expression(e) for e in expressions]
+        if not expressions:
+            raise ExpressionError("No expressions given.")
+        self._check_config(config)
+        results: list[SegmentationResult] = []
+        for start in range(0, len(expressions), self.batch_size):
+            results.extend(self._predict_batch(expressions[start : start + self.batch_size], config))
+        return results
+
+    def segment(
+        self, image: ImageInput, expressions: str | Sequence[str], config: MethodConfig | None = None
+    ) -> SegmentationResult | list[SegmentationResult]:
+        """``set_image`` + ``predict``; a single expression string gives a single result."""
+        self.set_image(image)
+        results = self.predict(expressions, config)
+        return results[0] if isinstance(expressions, str) else results
+
+    # -- internals -------------------------------------------------------------------------------
+    def _check_config(self, config: MethodConfig) -> None:
+        self.backbone.resolve_blocks(config.attention_blocks)
+        block = self._feature_block(config)
+        if not 0 <= block < self.backbone.num_blocks:
+            raise ConfigError(
+                f"feature_block {block} does not exist: {self.backbone.name} has blocks 0-{self.backbone.num_blocks - 1}."
+            )
+
+    def _feature_block(self, config: MethodConfig) -> int:
+        return self.backbone.default_feature_block if config.feature_block is None else config.feature_block
+
+    def _predict_batch(self, expressions: list[str], config: MethodConfig) -> list[SegmentationResult]:
+        backbone, image = self.backbone, self._image
+        device = backbone.device
+        instructions = [self.instruction_for(e, config) for e in expressions]
+        with self._memory_guard(), torch.inference_mode():
+            start = time.perf_counter()
+            text = backbone.encode_text(expressions, instructions)
+            text_seconds = _elapsed(start, device)
+
+            token_sets = [p.indices(config.prompt_tokens) for p in text.prompts]
+            prompt_mask = torch.zeros(len(expressions), text.text_len)
+            for row, indices in enumerate(token_sets):
+                prompt_mask[row, indices] = 1.0
+            blocks = backbone.resolve_blocks(config.attention_blocks)
+            feature_block = self._feature_block(config)
+            plan = ProbePlan(
+                layout=backbone.layout_for(image, text),
+                prompt_mask=prompt_mask,
+                attention_blocks=blocks,
+                features={config.feature_site: frozenset({feature_block})} if config.mode == "full" else {},
+            )
+            start = time.perf_counter()
+            recorder = backbone.probe_forward(image, text, plan, seed=config.seed)
+            forward_seconds = _elapsed(start, device)
+
+            start = time.perf_counter()
+            ordered = sorted(blocks)
+            features = recorder.features.get((config.feature_site, feature_block))
+            maps = ground(
+                recorder.stacked("cam", ordered), recorder.stacked("ram", ordered), features, image.geometry.grid, config
+            )
+            masks = masks_at_input(maps, image.geometry, config).cpu().numpy()
+            cam = image.geometry.to_input(maps.cam).cpu().numpy()
+            ram = image.geometry.to_input(maps.ram).cpu().numpy()
+            method_seconds = _elapsed(start, device)
+
+        timings = {
+            "image_encode_s": self._image_seconds,
+            "text_encode_s": text_seconds,
+            "transformer_s": forward_seconds,
+            "method_s": method_seconds,
+            "batch_size": float(len(expressions)),
+        }
+        return [
+            SegmentationResult(
+                expression=expression,
+                instruction=text.prompts[i].instruction,
+                mask=masks[i],
+                cam=cam[i],
+                ram=ram[i],
+                cam_tokens=maps.cam[i].cpu().numpy(),
+                ram_tokens=maps.ram[i].cpu().numpy(),
+                prompt_token_indices=token_sets[i],
+                prompt_tokens=text.prompts[i].token_strings(token_sets[i]),
+                timings=dict(timings),
+                model=backbone.name,
+                config={**config.to_dict(), "feature_block": feature_block},
+            )
+            for i, expression in enumerate(expressions)
+        ]
+
+    @contextmanager
+    def _memory_guard(self) -> Iterator[None]:
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError:
+            raise OutOfMemoryError(out_of_memory_message(str(self.backbone.device))) from None
+        except RuntimeError as error:
+            if "can't allocate memory" in str(error) or "not enough memory" in str(error):
+                raise OutOfMemoryError(out_of_memory_message(str(self.backbone.device))) from None
+            raise
+
+
+def _elapsed(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

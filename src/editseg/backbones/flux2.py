@@ -1,0 +1,337 @@
+"""FLUX.2 [klein] (4B, 9B; distilled and base) through diffusers' ``Flux2KleinPipeline``.
+
+Inputs are prepared with the pipeline's own components and methods (image processor, VAE
+encoding with BatchNorm normalisation, patchify/pack, position ids, Qwen3 chat template and
+hidden layers 9/18/27), then the transformer runs ONCE at sigma = 1 (timestep 1000) with our
+attention processors installed. The joint sequence is ``[text (512, padded) | noisy | clean]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux2 import (
+    Flux2AttnProcessor,
+    Flux2ParallelSelfAttnProcessor,
+)
+from PIL import Image
+
+from ..errors import ExpressionError, UnsupportedModelError
+from ..geometry import ImageGeometry
+from ..probes import ProbePlan, ProbeRecorder, TokenLayout
+from ..text import align_prompt
+from .base import Backbone, EncodedText, PreparedImage
+
+MAX_SEQUENCE_LENGTH = 512
+TEXT_ENCODER_LAYERS = (9, 18, 27)
+MAX_AREA = 1024 * 1024
+
+
+def _projections(attn, hidden_states, encoder_hidden_states=None):
+    """q, k, v (and the text stream's, when given) exactly as diffusers' Flux2 processors compute them."""
+    if getattr(attn, "fused_projections", False):
+        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        added = (None, None, None)
+        if encoder_hidden_states is not None:
+            added = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+    else:
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        added = (None, None, None)
+        if encoder_hidden_states is not None:
+            added = (
+                attn.add_q_proj(encoder_hidden_states),
+                attn.add_k_proj(encoder_hidden_states),
+                attn.add_v_proj(encoder_hidden_states),
+            )
+    return query, key, value, *added
+
+
+class _ProbeProcessor:
+    """Shared state of the two probe processors: block index, recorder, attention backend."""
+
+    def __init__(self, block: int, recorder: ProbeRecorder, original) -> None:
+        self.block = block
+        self.recorder = recorder
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    def _attend(self, query, key, value, attention_mask):
+        self.recorder.record_attention(self.block, query, key, attn_mask=attention_mask)
+        out = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        return out.flatten(2, 3).to(query.dtype)
+
+
+class Flux2DoubleStreamProbeProcessor(_ProbeProcessor):
+    """``Flux2AttnProcessor`` plus probes (double-stream blocks: separate text/image weights)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        layout = self.recorder.layout
+        self.recorder.record_feature("adaln", self.block, hidden_states[:, layout.clean_in_image_stream])
+        query, key, value, enc_query, enc_key, enc_value = _projections(attn, hidden_states, encoder_hidden_states)
+        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:
+            enc_query, enc_key, enc_value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (enc_query, enc_key, enc_value))
+            enc_query, enc_key = attn.norm_added_q(enc_query), attn.norm_added_k(enc_key)
+            query = torch.cat([enc_query, query], dim=1)
+            key = torch.cat([enc_key, key], dim=1)
+            value = torch.cat([enc_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        out = self._attend(query, key, value, attention_mask)
+        self.recorder.record_feature("attn", self.block, out[:, layout.clean])
+
+        if encoder_hidden_states is None:
+            return attn.to_out[1](attn.to_out[0](out))
+        text_len = encoder_hidden_states.shape[1]
+        context_out, image_out = out.split_with_sizes([text_len, out.shape[1] - text_len], dim=1)
+        return attn.to_out[1](attn.to_out[0](image_out)), attn.to_add_out(context_out)
+
+
+class Flux2SingleStreamProbeProcessor(_ProbeProcessor):
+    """``Flux2ParallelSelfAttnProcessor`` plus probes (single-stream blocks, fused attention + MLP)."""
+
+    def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
+        layout = self.recorder.layout
+        self.recorder.record_feature("adaln", self.block, hidden_states[:, layout.clean])
+        projected = attn.to_qkv_mlp_proj(hidden_states)
+        qkv_dim = 3 * attn.inner_dim
+        mlp_dim = attn.mlp_hidden_dim * attn.mlp_mult_factor
+        local_qkv = projected.shape[-1] * qkv_dim // (qkv_dim + mlp_dim)
+        qkv, mlp_hidden = torch.split(projected, [local_qkv, projected.shape[-1] - local_qkv], dim=-1)
+        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        out = self._attend(query, key, value, attention_mask)
+        self.recorder.record_feature("attn", self.block, out[:, layout.clean])
+        return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp_hidden)], dim=-1))
+
+
+@contextmanager
+def probes_installed(transformer, recorder: ProbeRecorder) -> Iterator[None]:
+    """Swap every block's attention processor for a probing one (and hook block outputs) for one forward."""
+    double_blocks = list(transformer.transformer_blocks)
+    single_blocks = list(transformer.single_transformer_blocks)
+    layout = recorder.layout
+    originals = []
+    hooks = []
+    try:
+        for index, block in enumerate(double_blocks + single_blocks):
+            original = block.attn.processor
+            is_double = index < len(double_blocks)
+            expected = Flux2AttnProcessor if is_double else Flux2ParallelSelfAttnProcessor
+            if type(original) is not expected:
+                raise UnsupportedModelError(
+                    f"Block {index} uses attention processor {type(original).__name__}; editseg probes "
+                    f"replace {expected.__name__} only. KV-cache variants (FLUX.2-klein-9B-KV) let reference "
+                    "tokens attend only to themselves, so they carry no image→prompt attention."
+                )
+            processor_cls = Flux2DoubleStreamProbeProcessor if is_double else Flux2SingleStreamProbeProcessor
+            originals.append((block.attn, original))
+            block.attn.processor = processor_cls(index, recorder, original)
+            if recorder.wants_feature("block", index):
+                rows = layout.clean_in_image_stream if is_double else layout.clean
+                hooks.append(block.register_forward_hook(_block_output_hook(recorder, index, rows, is_double)))
+        yield
+    finally:
+        for attn, original in originals:
+            attn.processor = original
+        for hook in hooks:
+            hook.remove()
+
+
+def _block_output_hook(recorder: ProbeRecorder, index: int, rows: slice, is_double: bool):
+    def hook(module, inputs, output):
+        hidden = output[1] if is_double else output
+        recorder.record_feature("block", index, hidden[:, rows])
+
+    return hook
+
+
+class Flux2KleinBackbone(Backbone):
+    """FLUX.2 [klein] around a loaded ``Flux2KleinPipeline``.
+
+    ``pipeline`` may hold real weights (``load_flux2_klein``) or a tiny random model
+    (``editseg.backbones.tiny``); the code path is the same.
+    """
+
+    patch = 16
+
+    def __init__(self, pipeline, name: str, is_random: bool = False):
+        self.pipeline = pipeline
+        self.name = name
+        self.is_random = is_random
+        transformer = pipeline.transformer
+        self.num_double_blocks = len(transformer.transformer_blocks)
+        self.num_single_blocks = len(transformer.single_transformer_blocks)
+        self.patch = pipeline.vae_scale_factor * 2
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.transformer.dtype
+
+    # -- image ---------------------------------------------------------------------------------
+    def preprocess_geometry(self, size: tuple[int, int]) -> ImageGeometry:
+        """The pipeline's rule: above 1 MP, resize to 1 MP (aspect kept); then centre-crop each side
+        down to a multiple of 16."""
+        width, height = size
+        if width * height > MAX_AREA:
+            scale = math.sqrt(MAX_AREA / (width * height))
+            resized = (int(width * scale), int(height * scale))
+        else:
+            resized = (width, height)
+        crop_w = resized[0] // self.patch * self.patch
+        crop_h = resized[1] // self.patch * self.patch
+        left, top = (resized[0] - crop_w) // 2, (resized[1] - crop_h) // 2
+        return ImageGeometry(input_size=size, resized_size=resized, crop=(left, top, crop_w, crop_h), patch=self.patch)
+
+    def prepare_image(self, image: Image.Image) -> PreparedImage:
+        pipe = self.pipeline
+        processor = pipe.image_processor
+        try:
+            processor.check_image_input(image)
+        except ValueError as error:
+            from ..errors import ImageLoadError
+
+            raise ImageLoadError(f"{self.name} cannot take this image: {error}") from None
+        geometry = self.preprocess_geometry(image.size)
+        if geometry.resized_size != image.size:
+            image = processor._resize_to_target_area(image, MAX_AREA)
+        _, _, crop_w, crop_h = geometry.crop
+        pixels = processor.preprocess(image, height=crop_h, width=crop_w, resize_mode="crop")
+        generator = torch.Generator("cpu").manual_seed(0)  # unused: the VAE is read in "argmax" mode
+        latents, latent_ids = pipe.prepare_image_latents(
+            images=[pixels], batch_size=1, generator=generator, device=self.device, dtype=pipe.vae.dtype
+        )
+        return PreparedImage(geometry=geometry, tensors={"latents": latents, "ids": latent_ids, "pixels": pixels})
+
+    # -- text ----------------------------------------------------------------------------------
+    def chat_text(self, instruction: str) -> str:
+        return self.pipeline.tokenizer.apply_chat_template(
+            [{"role": "user", "content": instruction}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=False,
+        )
+
+    def encode_text(self, expressions: Sequence[str], instructions: Sequence[str]) -> EncodedText:
+        pipe = self.pipeline
+        tokenizer = pipe.tokenizer
+        texts = [self.chat_text(instruction) for instruction in instructions]
+        full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        for expression, length in zip(expressions, full_lengths):
+            if length > MAX_SEQUENCE_LENGTH:
+                raise ExpressionError(
+                    f"Expression too long: its instruction needs {length} text tokens, "
+                    f"{self.name} reads at most {MAX_SEQUENCE_LENGTH}. Shorten it: {expression[:80]!r}..."
+                )
+        encoded = tokenizer(
+            texts,
+            return_tensors="pt",
+            padding="max_length",
+            truncation=True,
+            max_length=MAX_SEQUENCE_LENGTH,
+            return_offsets_mapping=True,
+        )
+        prompts = [
+            align_prompt(expression, instruction, text, ids, offsets, int(mask.sum()))
+            for expression, instruction, text, ids, offsets, mask in zip(
+                expressions, instructions, texts, encoded["input_ids"], encoded["offset_mapping"], encoded["attention_mask"]
+            )
+        ]
+        device = self.device
+        output = pipe.text_encoder(
+            input_ids=encoded["input_ids"].to(device),
+            attention_mask=encoded["attention_mask"].to(device),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        stacked = torch.stack([output.hidden_states[k] for k in TEXT_ENCODER_LAYERS], dim=1)
+        stacked = stacked.to(dtype=pipe.text_encoder.dtype, device=device)
+        batch, layers, length, width = stacked.shape
+        embeds = stacked.permute(0, 2, 1, 3).reshape(batch, length, layers * width)
+        text_ids = torch.zeros(batch, length, 4, dtype=torch.long)
+        text_ids[..., 3] = torch.arange(length)
+        return EncodedText(prompts=prompts, tensors={"embeds": embeds, "ids": text_ids.to(device)})
+
+    # -- forward -------------------------------------------------------------------------------
+    def first_step_inputs(self, image: PreparedImage, text: EncodedText, seed: int) -> dict:
+        """The transformer's keyword arguments at the first denoising step (sigma 1, timestep 1000)."""
+        pipe = self.pipeline
+        embeds = text.tensors["embeds"]
+        batch = embeds.shape[0]
+        _, _, crop_w, crop_h = image.geometry.crop
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise, noise_ids = pipe.prepare_latents(
+            batch_size=1,
+            num_latents_channels=pipe.transformer.config.in_channels // 4,
+            height=crop_h,
+            width=crop_w,
+            dtype=embeds.dtype,
+            device=self.device,
+            generator=generator,
+        )
+        # One noise draw shared by the batch: an expression's result must not depend on its batch.
+        clean = image.tensors["latents"]
+        hidden = torch.cat([noise, clean.to(noise.device)], dim=1).to(pipe.transformer.dtype).expand(batch, -1, -1)
+        ids = torch.cat([noise_ids, image.tensors["ids"].to(noise_ids.device)], dim=1).expand(batch, -1, -1)
+        timestep = torch.full((batch,), 1000.0, device=noise.device).to(noise.dtype) / 1000
+        return {
+            "hidden_states": hidden,
+            "encoder_hidden_states": embeds,
+            "timestep": timestep,
+            "img_ids": ids,
+            "txt_ids": text.tensors["ids"],
+            "guidance": None,
+        }
+
+    def layout_for(self, image: PreparedImage, text: EncodedText) -> TokenLayout:
+        clean = image.tensors["latents"].shape[1]
+        return TokenLayout(text_len=text.text_len, noisy_len=clean, clean_len=clean, grid=image.geometry.grid)
+
+    def probe_forward(self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0) -> ProbeRecorder:
+        recorder = ProbeRecorder(plan)
+        inputs = self.first_step_inputs(image, text, seed)
+        with torch.inference_mode(), probes_installed(self.pipeline.transformer, recorder):
+            self.pipeline.transformer(**inputs, return_dict=False)
+        return recorder
+
+
+def refuse_kv_variant(source: str) -> None:
+    """FLUX.2-klein-9B-KV lets reference tokens attend only to themselves: no image→prompt attention."""
+    class_name = ""
+    index = Path(source) / "model_index.json"
+    if index.is_file():
+        try:
+            class_name = json.loads(index.read_text()).get("_class_name", "")
+        except (OSError, ValueError):
+            pass
+    if class_name == "Flux2KleinKVPipeline" or source.rstrip("/").lower().endswith("-kv"):
+        raise UnsupportedModelError(
+            f"{source} is the FLUX.2-klein KV-cache variant: its reference-image tokens attend only to "
+            "themselves, so no image→prompt attention exists for editseg to read. Use FLUX.2-klein-9B "
+            "or FLUX.2-klein-4B (distilled or base) instead."
+        )
