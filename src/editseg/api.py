@@ -66,6 +66,7 @@ class Segmenter:
         batch_size: int = 8,
         instruction_refiner: Callable[[str], str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_side: int | None = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
@@ -74,6 +75,7 @@ class Segmenter:
         self.batch_size = batch_size
         self.instruction_refiner = instruction_refiner
         self.max_pixels = max_pixels
+        self.max_side = max_side
         self._image: PreparedImage | None = None
         self._image_seconds = 0.0
         if backbone.is_random:
@@ -98,7 +100,7 @@ class Segmenter:
         start = time.perf_counter()
         rgb = load_image(image, max_pixels=self.max_pixels)
         with self._memory_guard(), torch.inference_mode():
-            self._image = self.backbone.prepare_image(rgb)
+            self._image = self.backbone.prepare_image(rgb, max_side=self.max_side)
         self._image_seconds = _elapsed(start, self.backbone.device)
 
     @property

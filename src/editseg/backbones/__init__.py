@@ -12,6 +12,7 @@ from ..errors import OFFLINE_HINT, ModelNotFoundError, UnsupportedModelError
 from .base import Backbone, EncodedText, PreparedImage
 
 TINY_RANDOM = "tiny-random-flux2"
+TINY_MAX_SIDE = 128
 
 KLEIN_ALIASES = {
     "flux2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
@@ -81,7 +82,8 @@ def load_backbone(
         pipeline = build_tiny_flux2_klein_pipeline().to(device)
         if dtype != torch.float32:
             pipeline = pipeline.to(dtype=dtype)
-        return Flux2KleinBackbone(pipeline, name=TINY_RANDOM, is_random=True)
+        # Its VAE is 2x (not 8x) down, so 4 px per token: cap the input to keep CPU runs quick.
+        return Flux2KleinBackbone(pipeline, name=TINY_RANDOM, is_random=True, default_max_side=TINY_MAX_SIDE)
 
     lowered = model.lower()
     for key, label in PLANNED.items():

@@ -43,6 +43,7 @@ class Backbone(ABC):
     num_double_blocks: int
     num_single_blocks: int
     is_random: bool = False  # True for randomly initialised models (output is meaningless)
+    default_max_side: int | None = None  # longer-side cap applied before the model's own resize rule
 
     @property
     def num_blocks(self) -> int:
@@ -74,8 +75,11 @@ class Backbone(ABC):
         """Where inputs are placed for the forward."""
 
     @abstractmethod
-    def prepare_image(self, image: Image.Image) -> PreparedImage:
-        """Resize/crop as the model's own pipeline does and encode the clean reference tokens."""
+    def prepare_image(self, image: Image.Image, max_side: int | None = None) -> PreparedImage:
+        """Resize/crop as the model's own pipeline does and encode the clean reference tokens.
+
+        ``max_side`` (default :attr:`default_max_side`) first shrinks the longer side to at most
+        that many pixels; masks are still returned at the input resolution."""
 
     @abstractmethod
     def encode_text(self, expressions: Sequence[str], instructions: Sequence[str]) -> EncodedText:

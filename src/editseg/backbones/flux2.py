@@ -23,7 +23,7 @@ from diffusers.models.transformers.transformer_flux2 import (
 )
 from PIL import Image
 
-from ..errors import ExpressionError, UnsupportedModelError
+from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
 from ..probes import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import align_prompt
@@ -174,10 +174,9 @@ class Flux2KleinBackbone(Backbone):
     (``editseg.backbones.tiny``); the code path is the same.
     """
 
-    patch = 16
-
-    def __init__(self, pipeline, name: str, is_random: bool = False):
+    def __init__(self, pipeline, name: str, is_random: bool = False, default_max_side: int | None = None):
         self.pipeline = pipeline
+        self.default_max_side = default_max_side
         self.name = name
         self.is_random = is_random
         transformer = pipeline.transformer
@@ -194,32 +193,36 @@ class Flux2KleinBackbone(Backbone):
         return self.pipeline.transformer.dtype
 
     # -- image ---------------------------------------------------------------------------------
-    def preprocess_geometry(self, size: tuple[int, int]) -> ImageGeometry:
+    def preprocess_geometry(self, size: tuple[int, int], max_side: int | None = None) -> ImageGeometry:
         """The pipeline's rule: above 1 MP, resize to 1 MP (aspect kept); then centre-crop each side
-        down to a multiple of 16."""
+        down to a multiple of the patch (16 px). ``max_side`` (ours, optional) first shrinks the
+        image so that its longer side is at most ``max_side``."""
         width, height = size
-        if width * height > MAX_AREA:
-            scale = math.sqrt(MAX_AREA / (width * height))
-            resized = (int(width * scale), int(height * scale))
-        else:
-            resized = (width, height)
+        resized = (width, height)
+        if max_side is not None and max(resized) > max_side:
+            scale = max_side / max(resized)
+            resized = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if resized[0] * resized[1] > MAX_AREA:
+            scale = math.sqrt(MAX_AREA / (resized[0] * resized[1]))
+            resized = (int(resized[0] * scale), int(resized[1] * scale))
         crop_w = resized[0] // self.patch * self.patch
         crop_h = resized[1] // self.patch * self.patch
         left, top = (resized[0] - crop_w) // 2, (resized[1] - crop_h) // 2
         return ImageGeometry(input_size=size, resized_size=resized, crop=(left, top, crop_w, crop_h), patch=self.patch)
 
-    def prepare_image(self, image: Image.Image) -> PreparedImage:
+    def prepare_image(self, image: Image.Image, max_side: int | None = None) -> PreparedImage:
         pipe = self.pipeline
         processor = pipe.image_processor
+        geometry = self.preprocess_geometry(image.size, max_side or self.default_max_side)
+        if geometry.resized_size != image.size:
+            if image.width * image.height > MAX_AREA and geometry.resized_size == self.preprocess_geometry(image.size).resized_size:
+                image = processor._resize_to_target_area(image, MAX_AREA)  # exactly the pipeline's resize
+            else:
+                image = image.resize(geometry.resized_size, Image.Resampling.LANCZOS)
         try:
             processor.check_image_input(image)
         except ValueError as error:
-            from ..errors import ImageLoadError
-
             raise ImageLoadError(f"{self.name} cannot take this image: {error}") from None
-        geometry = self.preprocess_geometry(image.size)
-        if geometry.resized_size != image.size:
-            image = processor._resize_to_target_area(image, MAX_AREA)
         _, _, crop_w, crop_h = geometry.crop
         pixels = processor.preprocess(image, height=crop_h, width=crop_w, resize_mode="crop")
         generator = torch.Generator("cpu").manual_seed(0)  # unused: the VAE is read in "argmax" mode

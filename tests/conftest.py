@@ -1,0 +1,43 @@
+"""Shared fixtures: one tiny random FLUX.2 [klein] pipeline per test session (no downloads)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    from editseg.backbones.tiny import build_tiny_flux2_klein_pipeline
+
+    return build_tiny_flux2_klein_pipeline(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_pipeline):
+    from editseg.backbones.flux2 import Flux2KleinBackbone
+
+    return Flux2KleinBackbone(tiny_pipeline, name="tiny-random-flux2", is_random=True)
+
+
+@pytest.fixture()
+def segmenter(tiny_backbone):
+    from editseg import Segmenter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Segmenter(tiny_backbone)
+
+
+@pytest.fixture()
+def random_image():
+    rng = np.random.default_rng(0)
+    return (rng.random((64, 80, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

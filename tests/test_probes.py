@@ -1,0 +1,182 @@
+"""Probe results against a naive transcription of eqs. 3-4 on the full softmax(QKᵀ/√d) matrix.
+
+The reference q, k, v are captured from diffusers' OWN attention processors (by wrapping the
+attention dispatch they call), so they are computed after QK-norm and RoPE exactly as the model
+does, independently of editseg's processors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import diffusers.models.transformers.transformer_flux2 as flux2_module
+from editseg.backbones.flux2 import probes_installed
+from editseg.probes import ProbePlan, ProbeRecorder, TokenLayout, clean_token_attention_statistics
+
+
+@contextlib.contextmanager
+def capture_reference_qkv(store: list):
+    original = flux2_module.dispatch_attention_fn
+
+    def recording(query, key, value, *args, **kwargs):
+        store.append((query.detach().clone(), key.detach().clone(), value.detach().clone()))
+        return original(query, key, value, *args, **kwargs)
+
+    flux2_module.dispatch_attention_fn = recording
+    try:
+        yield
+    finally:
+        flux2_module.dispatch_attention_fn = original
+
+
+def naive_maps(query, key, layout: TokenLayout, prompt_mask):
+    """Eqs. 3-4 for one block, written out with the full (S x S) attention matrix, head-mean."""
+    q = query.double().transpose(1, 2)  # B,H,S,D
+    k = key.double().transpose(1, 2)
+    A = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1).mean(dim=1)  # B,S,S
+    v = layout.clean
+    cams, rams = [], []
+    for b in range(A.shape[0]):
+        prompt = torch.nonzero(prompt_mask[b]).flatten()  # text positions = joint positions
+        A_vp = A[b, v][:, prompt]
+        c = A_vp @ torch.ones(len(prompt), dtype=A.dtype)
+        A_vv = A[b, v, v]
+        T = torch.diag(1.0 / (A_vv @ torch.ones(A_vv.shape[1], dtype=A.dtype))) @ A_vv
+        cams.append(c)
+        rams.append(T @ c)
+    return torch.stack(cams), torch.stack(rams)
+
+
+def _inputs(backbone, expressions, image_array):
+    from editseg.images import load_image
+
+    image = backbone.prepare_image(load_image(image_array))
+    text = backbone.encode_text(expressions, [f"remove {e}" for e in expressions])
+    return image, text
+
+
+def _plan(backbone, image, text, features=None):
+    mask = torch.zeros(len(text.prompts), text.text_len)
+    for row, prompt in enumerate(text.prompts):
+        mask[row, prompt.indices("expression")] = 1
+    return ProbePlan(backbone.layout_for(image, text), mask, None, features or {})
+
+
+def test_probes_equal_naive_full_attention_on_every_block(tiny_backbone, random_image):
+    image, text = _inputs(tiny_backbone, ["the red circle", "a big zebra on the left"], random_image)
+    plan = _plan(tiny_backbone, image, text)
+    inputs = tiny_backbone.first_step_inputs(image, text, seed=3)
+
+    captured: list = []
+    with torch.no_grad(), capture_reference_qkv(captured):
+        tiny_backbone.pipeline.transformer(**inputs, return_dict=False)
+    assert len(captured) == tiny_backbone.num_blocks  # double and single blocks alike
+
+    recorder = tiny_backbone.probe_forward(image, text, plan, seed=3)
+    assert sorted(recorder.cam) == list(range(tiny_backbone.num_blocks))
+    for block, (q, k, _) in enumerate(captured):
+        cam_ref, ram_ref = naive_maps(q, k, plan.layout, plan.prompt_mask)
+        torch.testing.assert_close(recorder.cam[block].double(), cam_ref, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(recorder.ram[block].double(), ram_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_probes_leave_the_model_output_unchanged(tiny_backbone, random_image):
+    image, text = _inputs(tiny_backbone, ["the dog"], random_image)
+    plan = _plan(tiny_backbone, image, text, {"attn": frozenset({1}), "adaln": frozenset({3}), "block": frozenset({0, 4})})
+    inputs = tiny_backbone.first_step_inputs(image, text, seed=0)
+    transformer = tiny_backbone.pipeline.transformer
+    with torch.no_grad():
+        bare = transformer(**inputs, return_dict=False)[0]
+        with probes_installed(transformer, ProbeRecorder(plan)):
+            probed = transformer(**inputs, return_dict=False)[0]
+        again = transformer(**inputs, return_dict=False)[0]
+    assert torch.equal(bare, probed)
+    assert torch.equal(bare, again)  # original processors restored
+
+
+def test_feature_sites_match_independent_captures(tiny_backbone, random_image):
+    backbone = tiny_backbone
+    image, text = _inputs(backbone, ["the red circle"], random_image)
+    blocks = frozenset(range(backbone.num_blocks))
+    plan = _plan(backbone, image, text, {"attn": blocks, "adaln": blocks, "block": blocks})
+    layout = plan.layout
+    inputs = backbone.first_step_inputs(image, text, seed=0)
+    transformer = backbone.pipeline.transformer
+    all_blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+
+    attn_inputs, block_outputs, captured = {}, {}, []
+    hooks = []
+    for index, block in enumerate(all_blocks):
+        hooks.append(block.attn.register_forward_pre_hook(
+            lambda m, args, kwargs, i=index: attn_inputs.__setitem__(i, kwargs["hidden_states"].clone()), with_kwargs=True))
+        hooks.append(block.register_forward_hook(lambda m, a, out, i=index: block_outputs.__setitem__(i, out)))
+    with torch.no_grad(), capture_reference_qkv(captured):
+        transformer(**inputs, return_dict=False)
+    for hook in hooks:
+        hook.remove()
+
+    recorder = backbone.probe_forward(image, text, plan, seed=0)
+    for index in range(backbone.num_blocks):
+        is_double = index < backbone.num_double_blocks
+        rows = layout.clean_in_image_stream if is_double else layout.clean
+        q, k, v = (t.double().transpose(1, 2) for t in captured[index])
+        attention = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        av = (attention @ v).transpose(1, 2).flatten(2)[:, layout.clean]  # eq. 1, heads concatenated
+        torch.testing.assert_close(recorder.features[("attn", index)].double(), av, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(recorder.features[("adaln", index)], attn_inputs[index][:, rows])
+        output = block_outputs[index][1] if is_double else block_outputs[index]
+        torch.testing.assert_close(recorder.features[("block", index)], output[:, rows])
+
+
+def test_only_requested_blocks_are_recorded(tiny_backbone, random_image):
+    image, text = _inputs(tiny_backbone, ["cat"], random_image)
+    plan = _plan(tiny_backbone, image, text)
+    plan.attention_blocks = frozenset({0, 3})
+    recorder = tiny_backbone.probe_forward(image, text, plan)
+    assert sorted(recorder.cam) == [0, 3] and sorted(recorder.ram) == [0, 3]
+    assert recorder.features == {}
+    with pytest.raises(KeyError):
+        recorder.stacked("cam", [1])
+
+
+def test_streaming_statistics_on_random_tensors_with_key_mask():
+    """The maths alone, on random q/k with a key-padding mask, against the naive matrices."""
+    torch.manual_seed(1)
+    layout = TokenLayout(text_len=7, noisy_len=6, clean_len=6, grid=(2, 3))
+    batch, heads, dim = 2, 3, 8
+    q = torch.randn(batch, layout.total_len, heads, dim)
+    k = torch.randn(batch, layout.total_len, heads, dim)
+    prompt = torch.zeros(batch, layout.text_len)
+    prompt[0, [1, 2]] = 1
+    prompt[1, [4]] = 1
+    keep = torch.ones(batch, layout.total_len, dtype=torch.bool)
+    keep[:, 5:7] = False  # padded text tokens, never attended
+    cam, ram = clean_token_attention_statistics(q, k, layout, prompt, attn_mask=keep[:, None, None, :])
+
+    logits = (q.double().transpose(1, 2) @ k.double().transpose(1, 2).transpose(-1, -2)) / dim**0.5
+    logits = logits.masked_fill(~keep[:, None, None, :], float("-inf"))
+    A = torch.softmax(logits, dim=-1).mean(1)
+    v = layout.clean
+    for b in range(batch):
+        c = A[b, v][:, :7] @ prompt[b].double()
+        A_vv = A[b, v, v]
+        r = torch.linalg.solve(torch.diag(A_vv.sum(1)), A_vv) @ c
+        torch.testing.assert_close(cam[b].double(), c, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(ram[b].double(), r, rtol=1e-5, atol=1e-7)
+
+
+def test_kv_cache_processors_are_refused(tiny_pipeline, tiny_backbone, random_image):
+    from editseg.errors import UnsupportedModelError
+
+    block = tiny_pipeline.transformer.transformer_blocks[0]
+    original = block.attn.processor
+    block.attn.processor = flux2_module.Flux2KVAttnProcessor()
+    try:
+        image, text = _inputs(tiny_backbone, ["cat"], random_image)
+        with pytest.raises(UnsupportedModelError, match="KV"):
+            tiny_backbone.probe_forward(image, text, _plan(tiny_backbone, image, text))
+    finally:
+        block.attn.processor = original
