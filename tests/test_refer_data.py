@@ -17,7 +17,15 @@ from fixtures_refer import (
 )
 from PIL import Image, ImageDraw
 
-from editseg.data.base import DatasetFilesNotFound, ReferringDataset
+from editseg.data.base import (
+    DatasetFilesNotFound,
+    ReferringDataset,
+    ReferringSample,
+    SampleList,
+    group_by_image,
+    parse_shard,
+    shard,
+)
 from editseg.data.refer import SPLITS, RefCOCODataset, decode_segmentation
 
 
@@ -211,3 +219,55 @@ def test_samples_pickle(refcoco):
     clone = pickle.loads(pickle.dumps(sample))
     assert clone == sample
     np.testing.assert_array_equal(clone.load_mask(), sample.load_mask())
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def _synthetic_samples(seed: int = 0, images: int = 23) -> list[ReferringSample]:
+    rng = np.random.default_rng(seed)
+    samples = []
+    order = rng.permutation(np.repeat(np.arange(images), rng.integers(1, 6, size=images)))
+    for i, image in enumerate(order):  # expressions of one image are scattered through the list
+        samples.append(ReferringSample(f"s{i}", f"img{image}", None, f"expr {i}"))
+    return samples
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 30])
+def test_shards_partition_samples_and_keep_images_whole(count):
+    samples = _synthetic_samples()
+    shards = [shard(samples, i, count) for i in range(count)]
+    ids = [s.sample_id for part in shards for s in part]
+    assert sorted(ids) == sorted(s.sample_id for s in samples)  # every sample exactly once
+    owners = {}
+    for index, part in enumerate(shards):
+        for sample in part:
+            assert owners.setdefault(sample.image_id, index) == index  # an image never spans shards
+    # Deterministic, and stable order: concatenating the shards gives the grouped order.
+    assert shards == [shard(samples, i, count) for i in range(count)]
+    grouped = [s for _, group in group_by_image(samples) for s in group]
+    assert [s for part in shards for s in part] == grouped
+    if count <= 4:  # balanced within one image group (at most 5 samples)
+        sizes = [len(part) for part in shards]
+        assert max(sizes) - min(sizes) <= 2 * 5
+
+
+def test_shard_of_a_dataset(refcoco):
+    ds = RefCOCODataset(refcoco.data_root, "refcoco", "val")
+    parts = [shard(ds, i, 2) for i in range(2)]
+    assert sum(len(p) for p in parts) == len(ds)
+    assert {s.image_id for s in parts[0]}.isdisjoint({s.image_id for s in parts[1]})
+    sub = SampleList(parts[0], name=ds.name, split=ds.split)
+    assert len(sub) == len(parts[0]) and list(sub.group_by_image())
+
+
+def test_parse_shard():
+    assert parse_shard("0/4") == (0, 4)
+    assert parse_shard(" 3/4 ") == (3, 4)
+    assert parse_shard("0/1") == (0, 1)
+    for bad, message in [("4/4", "0-based"), ("-1/4", "0-based"), ("1/0", "at least 1"), ("1-4", "i/n"),
+                         ("a/4", "integers"), ("1/2/3", "i/n"), ("", "i/n")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            parse_shard(bad)
+    with pytest.raises(ValueError, match="0-based"):
+        shard([], 2, 2)
