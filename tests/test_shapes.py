@@ -287,3 +287,11 @@ def test_manifest_round_trip(tmp_path):
         assert np.array_equal(image, s.image) and np.array_equal(target, s.target)
         assert np.array_equal(mask, s.mask)
     assert len({json.loads(line)["id"] for line in lines}) == len(samples)
+
+
+def test_metadata_is_json_serialisable():
+    s = ShapesWorld(seed=1).sample("train", 3)
+    meta = json.loads(json.dumps(s.metadata()))
+    assert meta["target_index"] == s.target_index and meta["kind"] == s.kind
+    assert len(meta["objects"]) == len(s.objects) and meta["objects"][0]["bbox"] is not None
+    assert meta["expression_struct"]["kind"] == s.kind

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +156,7 @@ class ShapesSample:
             "expression": self.expression,
             "instruction": self.instruction,
             "kind": self.kind,
+            "expression_struct": asdict(self.expression_struct),
             "edit": self.edit,
             "new_color": self.new_color,
             "target_index": self.target_index,
@@ -345,7 +346,9 @@ class ShapesWorld:
             specs.append(_random_spec(rng))
         return specs
 
-    def _attempt(self, rng: np.random.Generator, kind: str, pairs) -> tuple[tuple[SceneObject, ...], int] | None:
+    def _attempt(
+        self, rng: np.random.Generator, kind: str, pairs: Sequence[tuple[str, str]]
+    ) -> tuple[tuple[SceneObject, ...], int] | None:
         """Attributes plus an occlusion-free placement, in shuffled order; None if placement failed."""
         specs = self._specs(rng, kind, pairs)
         centres = place_objects(rng, [SIZES[size] for _, _, size in specs])
