@@ -125,7 +125,10 @@ def test_write_without_masks(files):
         ("[1, 2]", "expected a JSON object"),
         ('{"expression": "x"}', "'image'"),
         ('{"image": "imgs/a.jpg", "expression": "  "}', "'expression'"),
-        ('{"image": "imgs/a.jpg", "expression": "x", "mask": "m.png", "rle": {"size": [1, 1], "counts": "1"}}', "not both"),
+        (
+            '{"image": "imgs/a.jpg", "expression": "x", "mask": "m.png", "rle": {"size": [1, 1], "counts": "1"}}',
+            "not both",
+        ),
         ('{"image": "imgs/a.jpg", "expression": "x", "rle": {"counts": "abc"}}', "'rle'"),
         ('{"image": "imgs/a.jpg", "expression": "x", "rle": {"size": [2, 2], "counts": [1, 1]}}', "sum to 2"),
         ('{"image": "imgs/a.jpg", "expression": "x", "id": [1]}', "'id'"),
