@@ -122,11 +122,14 @@ def _segmenter_from_args(args: argparse.Namespace):
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .images import load_image
+    from .images import DEFAULT_MAX_PIXELS, load_image
+    from .text import normalize_expression
     from .writers import slug, write_result
 
+    image = load_image(args.image, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)  # fail fast, before loading
+    for expression in args.expressions:
+        normalize_expression(expression)
     segmenter = _segmenter_from_args(args)
-    image = load_image(args.image, max_pixels=segmenter.max_pixels)
     segmenter.set_image(image)
     out_dir = Path(args.out)
     expressions = list(args.expressions)

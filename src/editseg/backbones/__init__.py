@@ -114,8 +114,12 @@ def load_backbone(
 def _load_klein_pipeline(source: str, model: str, dtype: torch.dtype):
     from diffusers import Flux2KleinPipeline
 
+    looks_like_path = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
+    if looks_like_path and not Path(source).expanduser().exists():
+        raise ModelNotFoundError(f"Model folder not found: {source}. " + OFFLINE_HINT)
     try:
-        return Flux2KleinPipeline.from_pretrained(source, torch_dtype=dtype)
+        # diffusers >= 0.42 names the argument ``dtype`` (``torch_dtype`` is deprecated)
+        return Flux2KleinPipeline.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as error:
         is_local = Path(source).exists()
         where = f"the local folder {source}" if is_local else f"the hub id {source!r}"

@@ -1,0 +1,102 @@
+"""The command line and model loading: outputs on disk, clear errors, real from_pretrained path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editseg.backbones import load_backbone
+from editseg.cli import main
+from editseg.errors import ModelNotFoundError, UnsupportedModelError
+from editseg.masks import decode_rle, load_mask_png
+
+
+@pytest.fixture()
+def image_file(tmp_path, random_image):
+    path = tmp_path / "photo.png"
+    Image.fromarray(random_image).save(path)
+    return path
+
+
+def test_segment_writes_mask_overlay_heatmaps_and_json(image_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["segment", str(image_file), "the red circle", "a dog", "--out", str(out), "--tau", "0.7"])
+    assert code == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted(
+        f"{stem}.{kind}" for stem in ("00-the-red-circle", "01-a-dog") for kind in ("mask.png", "overlay.png", "cam.png", "ram.png", "json")
+    )
+    record = json.loads((out / "00-the-red-circle.json").read_text())
+    assert record["instruction"] == "remove the red circle" and record["settings"]["tau"] == 0.7
+    mask = load_mask_png(out / "00-the-red-circle.mask.png")
+    assert mask.shape == (64, 80)
+    np.testing.assert_array_equal(decode_rle(record["mask_rle"]), mask)
+    assert record["mask_area"] == int(mask.sum())
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["segment", "missing.png", "dog"], "Image not found"),
+        (["segment", "{image}", "  "], "empty"),
+        (["segment", "{image}", "dog", "--tau", "1.5"], "tau"),
+        (["segment", "{image}", "dog", "--attention-blocks", "x-y"], "block selection"),
+        (["segment", "{image}", "dog", "--model", "./no/such/folder"], "Model folder not found"),
+        (["segment", "{image}", "dog", "--model", "step1x-edit"], "not supported yet"),
+    ],
+)
+def test_cli_errors_are_messages_not_tracebacks(image_file, capsys, argv, message):
+    argv = [a.replace("{image}", str(image_file)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model", "--offload", "--mode", "--attention-blocks", "--feature-site", "--feature-block", "--tau",
+                 "--prompt-tokens", "--template", "--similarity", "--seed", "--batch-size", "--max-side", "--dtype"):
+        assert flag in text
+
+
+def test_hub_id_without_weights_names_the_way_out(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as info:
+        load_backbone("flux2-klein-4b", device="cpu")
+    text = str(info.value)
+    assert "black-forest-labs/FLUX.2-klein-4B" in text and "EDITSEG_MODELS_DIR" in text and "HF_HUB_OFFLINE" in text
+
+
+def test_kv_variant_is_refused(tmp_path):
+    folder = tmp_path / "FLUX.2-klein-9b-kv"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "Flux2KleinKVPipeline"}))
+    with pytest.raises(UnsupportedModelError, match="attend only to"):
+        load_backbone(str(folder), device="cpu")
+
+
+def test_local_folder_loads_through_from_pretrained(tiny_pipeline, tmp_path, random_image, monkeypatch):
+    """The real loading path: save a tiny pipeline, load it by folder and via EDITSEG_MODELS_DIR."""
+    from editseg import Segmenter
+
+    folder = tmp_path / "models" / "FLUX.2-klein-tiny"
+    tiny_pipeline.save_pretrained(folder)
+    backbone = load_backbone(str(folder), device="cpu", dtype=torch.float32)
+    assert not backbone.is_random and backbone.num_blocks == 5
+    reference = Segmenter(load_backbone("tiny-random-flux2", device="cpu"), max_side=None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference.segment(random_image, "the cat").ram_tokens
+    np.testing.assert_allclose(Segmenter(backbone).segment(random_image, "the cat").ram_tokens, expected, atol=1e-5)
+    monkeypatch.setenv("EDITSEG_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_backbone("someorg/FLUX.2-klein-tiny", device="cpu").num_blocks == 5
