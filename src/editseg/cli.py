@@ -77,7 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(demo)
 
     commands.add_parser("models", help="list the models editseg knows")
+    for module in _command_modules():
+        module.register(commands)
     return parser
+
+
+COMMAND_MODULES = ("editseg.evaluation.commands", "editseg.toy.commands")
+
+
+def _command_modules():
+    """Modules that add sub-commands: each has ``register(subparsers)`` and ``HANDLERS``."""
+    import importlib
+
+    modules = []
+    for name in COMMAND_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as error:
+            if error.name is None or not name.startswith(error.name):
+                raise
+    return modules
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -168,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"segment": run_segment, "demo": run_demo, "models": run_models}
+    for module in _command_modules():
+        handlers.update(module.HANDLERS)
     if args.command is None:
         parser.print_help()
         return 2
