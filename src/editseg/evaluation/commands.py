@@ -1,0 +1,202 @@
+"""``editseg eval`` and ``editseg eval-merge``: benchmark runs from the command line.
+
+    editseg eval --dataset refcoco --split val --data-root data --model flux2-klein-4b --out runs/rc-val
+    editseg eval --dataset shapes --limit 200 --out runs/shapes --gallery 4
+    editseg eval-merge runs/rc-val            # after sharded runs (--shard i/n) into runs/rc-val
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data.base import DatasetFilesNotFound, ReferringSample
+from .runner import EvaluationError
+
+__all__ = ["DATASETS", "HANDLERS", "build_dataset", "register", "run_eval", "run_eval_merge"]
+
+DATASETS = ("refcoco", "refcoco+", "refcocog", "manifest", "shapes")
+DEFAULT_SHAPES_SAMPLES = 1000
+
+EVAL_EPILOG = """Outputs in --out: records.jsonl (one line per sample, appended as images finish; re-running
+the same command resumes), summary.json, table.md (ours beside the paper's Table 1), masks/ with
+--save-masks png, gallery.png with --gallery K. With --shard i/n the files are named
+records-shard<i>of<n>.jsonl etc., so all shards can share one --out; combine them with
+`editseg eval-merge <out>`. Selection order: dataset order, then --ids, then --limit, then --shard."""
+
+
+def register(subparsers: Any) -> None:
+    """Add ``eval`` and ``eval-merge`` to the ``editseg`` sub-command parser."""
+    from ..cli import _add_method_options, _add_model_options
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="score the method on RefCOCO/+/g, a manifest or the shapes benchmark (resumable, shardable)",
+        description="Segment every sample of a dataset split and report oIoU, mIoU, Pr@t and point accuracy.",
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, choices=DATASETS, help="refcoco, refcoco+, refcocog (refer layout under --data-root), manifest (--manifest FILE) or shapes (the synthetic held-out-composition benchmark)")
+    data.add_argument("--split", default="val", help="split: val/testA/testB (refcoco, refcoco+), val/test (refcocog umd), val (refcocog google); a free label for manifests; shapes always uses its test split (default: val)")
+    data.add_argument("--data-root", default=None, help="refer data folder holding refcoco/, refcoco+/, refcocog/")
+    data.add_argument("--image-root", default=None, help="COCO train2014 images (default: <data-root>/images/mscoco/images/train2014)")
+    data.add_argument("--split-by", default=None, choices=["unc", "umd", "google"], help="split provider (default: unc for refcoco/refcoco+, umd for refcocog)")
+    data.add_argument("--manifest", default=None, help="JSONL or CSV manifest for --dataset manifest (see editseg.data.manifest)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=True, help="output folder for records, summary, table, masks and gallery")
+    run.add_argument("--limit", type=int, default=None, help="only the first N samples (for shapes: generate N, default 1000)")
+    run.add_argument("--ids", default=None, help="comma-separated sample ids to evaluate")
+    run.add_argument("--shard", default=None, help="evaluate shard i of n (0-based), e.g. 0/4; merge with eval-merge")
+    run.add_argument("--save-masks", default=None, choices=["png", "rle"], help="also keep predicted masks: PNG files in <out>/masks or COCO RLE inside the records")
+    run.add_argument("--gallery", type=int, default=0, metavar="K", help="write gallery.png with the K best and K worst samples (re-segments those 2K)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_options(parser)
+    _add_method_options(parser)
+
+    merge = subparsers.add_parser(
+        "eval-merge",
+        help="combine the records of sharded eval runs into one summary",
+        description="Merge records files (or folders of records*.jsonl) of shards of one run; the summary equals an unsharded run's.",
+    )
+    merge.add_argument("inputs", nargs="+", help="records files or folders holding records*.jsonl")
+    merge.add_argument("--out", default=None, help="folder for summary.json and table.md (default: the first input's folder)")
+
+
+def build_dataset(args: argparse.Namespace) -> Any:
+    """The dataset named by the ``eval`` options (annotations are read, images are not)."""
+    if args.dataset == "shapes":
+        from ..data.shapes_dataset import shapes_benchmark_dataset
+
+        return shapes_benchmark_dataset(args.limit if args.limit is not None else DEFAULT_SHAPES_SAMPLES)
+    if args.dataset == "manifest":
+        from ..data.manifest import ManifestDataset
+
+        if not args.manifest:
+            raise EvaluationError("--dataset manifest needs --manifest FILE (a .jsonl, .ndjson or .csv file).")
+        return ManifestDataset(args.manifest, split=args.split)
+    from ..data.refer import RefCOCODataset
+
+    if not args.data_root:
+        raise EvaluationError(f"--dataset {args.dataset} needs --data-root (the refer data folder holding {args.dataset}/).")
+    dataset = RefCOCODataset(args.data_root, args.dataset, args.split, split_by=args.split_by, image_root=args.image_root)
+    dataset.samples  # read the annotations now: fail before the model loads
+    return dataset
+
+
+def _check_images(samples: list[ReferringSample]) -> None:
+    paths = sorted({str(s.image_path) for s in samples if s.image_path is not None})
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        shown = "\n  ".join(missing[:5])
+        raise DatasetFilesNotFound(f"{len(missing)} of {len(paths)} images are missing, e.g.\n  {shown}")
+
+
+def _raised_in_data_code(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside ``editseg/data`` (its innermost frame is there)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).parent.name == "data" and "editseg" in Path(frames[-1].filename).parts
+
+
+def _converted(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn data-file and data-format errors into messages (the CLI prints EditsegErrors)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except DatasetFilesNotFound as error:
+            raise EvaluationError(str(error)) from None
+        except ValueError as error:  # bad splits, shard specs, manifests, masks: raised by editseg.data
+            if _raised_in_data_code(error):
+                raise EvaluationError(str(error)) from None
+            raise
+
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """``editseg eval``."""
+    from ..cli import _config_from_args, _segmenter_from_args
+    from .report import write_gallery
+    from .runner import evaluate, read_records, records_filename, select_samples, sibling_path
+
+    ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
+    if args.gallery < 0:
+        raise EvaluationError(f"--gallery must be 0 or more, got {args.gallery}")
+    _config_from_args(args)  # validate method options before reading data
+    dataset = build_dataset(args)
+    _check_images(select_samples(dataset, ids=ids, limit=args.limit, shard_spec=args.shard))
+    out = Path(args.out)
+    records_path = out / records_filename(args.shard)
+    segmenter = _segmenter_from_args(args)
+    summary = evaluate(
+        segmenter, dataset, records_path, limit=args.limit, ids=ids, shard=args.shard,
+        save_masks=args.save_masks, progress=not args.no_progress,
+    )  # fmt: skip
+    _print_summary(summary, records_path)
+    if args.gallery:
+        gallery = sibling_path(records_path, "gallery", ".png")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            written = write_gallery(segmenter, list(dataset), read_records(records_path)[1], gallery, k=args.gallery)
+        if written:
+            print(f"editseg: gallery written to {written}", file=sys.stderr)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], where: Path) -> None:
+    m = summary["metrics"]
+
+    def pct(key: str) -> str:
+        return "-" if m.get(key) is None else f"{m[key]:.2f}"
+
+    dataset, split = summary["benchmark"]
+    print(
+        f"{dataset} {split}: {summary['num_samples']} samples  oIoU {pct('oIoU')}  mIoU {pct('mIoU')}  "
+        f"Pr@0.5 {pct('Pr@0.5')}  Pr@0.9 {pct('Pr@0.9')}  point acc. {pct('point_accuracy')}"
+    )
+    print(f"editseg: records, summary and table in {where.parent}", file=sys.stderr)
+
+
+def _records_inputs(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(path.glob("records*.jsonl"))
+            if not found:
+                raise EvaluationError(f"no records*.jsonl files in {path}")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise EvaluationError(f"not found: {path}")
+    return paths
+
+
+def _eval_merge(args: argparse.Namespace) -> int:
+    """``editseg eval-merge``."""
+    from .runner import merge_records
+
+    paths = _records_inputs(args.inputs)
+    out = Path(args.out) if args.out else (Path(args.inputs[0]) if Path(args.inputs[0]).is_dir() else paths[0].parent)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = merge_records(paths, out / "summary.json", out / "table.md")
+    for warning in caught:
+        print(f"editseg: warning: {warning.message}", file=sys.stderr)
+    print(f"editseg: merged {len(paths)} records file(s)", file=sys.stderr)
+    _print_summary(summary, out / "summary.json")
+    return 0
+
+
+run_eval = _converted(_eval)
+run_eval_merge = _converted(_eval_merge)
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"eval": run_eval, "eval-merge": run_eval_merge}

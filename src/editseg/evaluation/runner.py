@@ -1,0 +1,565 @@
+"""Benchmark runs: score a :class:`~editseg.api.Segmenter` on a referring dataset, resumably.
+
+    from editseg import Segmenter
+    from editseg.data.refer import RefCOCODataset
+    from editseg.evaluation.runner import evaluate
+
+    seg = Segmenter.from_pretrained("flux2-klein-4b")
+    summary = evaluate(seg, RefCOCODataset("data", "refcoco", "val"), "runs/refcoco-val/records.jsonl")
+    summary["metrics"]["oIoU"], summary["metrics"]["mIoU"]   # percent
+
+**Records file.** A JSONL file: the first line is a header ``{"format": "editseg-eval-records/1",
+"settings": {...}}`` (model, method settings, ``max_side``, dataset, split, benchmark, shard); every
+further line is one scored sample (see :func:`sample_record`). Lines are appended and flushed after
+each image, so an interrupted run loses at most the image it was working on.
+
+**Resume.** Running again on the same records file skips the sample ids already in it. A truncated
+last line (a run killed mid-write) is dropped with a warning and cut from the file; other broken
+lines are an error. Resuming with different settings raises :class:`SettingsMismatchError`;
+``limit`` and ``ids`` are not settings, so a quick ``limit=50`` run can later be extended.
+
+**Summary.** Computed with :class:`~editseg.evaluation.metrics.MetricAccumulator` from *all* records in
+the file (not only those of this call) and written next to the records (``records.jsonl`` →
+``summary.json`` and ``table.md``; ``records-shard0of4.jsonl`` → ``summary-shard0of4.json`` ...).
+Everything in a summary except its ``"run"`` entry (paths, timings, progress) depends only on the
+settings and the multiset of records.
+
+**Sharding.** ``shard=(i, n)`` (or ``"i/n"``, 0-based) evaluates the ``i``-th of ``n`` image-aligned
+shards of the selection (:func:`editseg.data.base.shard`). Shards run as separate processes, each
+with its own records file; :func:`merge_records` then combines them into a summary identical to an
+unsharded run's (duplicate ids are an error). One process per GPU from plain shell::
+
+    for i in 0 1 2 3; do
+      editseg eval --dataset refcoco --split val --data-root data --model flux2-klein-4b \\
+          --out runs/refcoco-val --shard $i/4 --device cuda:$i &
+    done; wait
+    editseg eval-merge runs/refcoco-val
+
+The selection is: the dataset's samples in their stable order, filtered by ``ids``, cut to the first
+``limit``, then sharded; so the shards of a ``limit=N`` run merge to the unsharded ``limit=N`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import warnings
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import MethodConfig
+from ..data.base import ReferringSample, group_by_image, parse_shard, shard
+from ..errors import EditsegError
+from ..masks import encode_rle, save_mask_png
+from .metrics import MetricAccumulator, SampleRecord, argmax_in_mask, intersection_union, iou_from_counts
+from .published import DEFAULT_COMPARISON, IIE_RIS_TABLE1, PublishedTable
+
+if TYPE_CHECKING:
+    from ..api import Segmenter, SegmentationResult
+
+__all__ = [
+    "RECORDS_FORMAT",
+    "SUMMARY_FORMAT",
+    "EvaluationError",
+    "SettingsMismatchError",
+    "evaluate",
+    "markdown_table",
+    "merge_records",
+    "read_records",
+    "records_filename",
+    "run_settings",
+    "sample_record",
+    "select_samples",
+    "sibling_path",
+    "summarize",
+]
+
+RECORDS_FORMAT = "editseg-eval-records/1"
+SUMMARY_FORMAT = "editseg-eval-summary/1"
+SAVE_MASKS = (None, "png", "rle")
+
+
+class EvaluationError(EditsegError):
+    """An evaluation cannot run or cannot be summarised as asked; the message says why."""
+
+
+class SettingsMismatchError(EvaluationError):
+    """A records file was written with other settings than the run that wants to resume or merge it."""
+
+
+# -- selection -------------------------------------------------------------------------------------
+
+
+def _normalize_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    try:
+        if isinstance(spec, str):
+            return parse_shard(spec)
+        index, count = (int(v) for v in spec)
+        return parse_shard(f"{index}/{count}")
+    except (TypeError, ValueError) as error:
+        raise EvaluationError(str(error)) from None
+
+
+def select_samples(
+    samples: Iterable[ReferringSample],
+    ids: Sequence[str] | None = None,
+    limit: int | None = None,
+    shard_spec: str | tuple[int, int] | None = None,
+) -> list[ReferringSample]:
+    """The samples a run evaluates: stable order, filtered by ``ids``, first ``limit``, then one shard."""
+    selected = list(samples)
+    if ids is not None:
+        wanted = set(str(i) for i in ids)
+        known = {s.sample_id for s in selected}
+        missing = sorted(wanted - known)
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise EvaluationError(f"{len(missing)} requested sample id(s) are not in the dataset: {shown}")
+        selected = [s for s in selected if s.sample_id in wanted]
+    if limit is not None:
+        if limit < 0:
+            raise EvaluationError(f"limit must be 0 or more, got {limit}")
+        selected = selected[:limit]
+    parsed = _normalize_shard(shard_spec)
+    if parsed is not None:
+        selected = shard(selected, *parsed)
+    return selected
+
+
+# -- settings and records --------------------------------------------------------------------------
+
+
+def _dataset_info(dataset: Any) -> dict[str, Any]:
+    name = str(getattr(dataset, "name", "samples"))
+    split = str(getattr(dataset, "split", ""))
+    benchmark = getattr(dataset, "benchmark", None) or (name, split)
+    info = {"dataset": name, "split": split, "benchmark": [str(benchmark[0]), str(benchmark[1])]}
+    if getattr(dataset, "split_by", None):
+        info["split_by"] = dataset.split_by
+    return info
+
+
+def run_settings(
+    segmenter: "Segmenter",
+    dataset: Any,
+    config: MethodConfig | None = None,
+    shard_spec: str | tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """The settings a records file is tied to: model, method settings, input size, data, shard."""
+    config = config or segmenter.config
+    backbone = segmenter.backbone
+    feature_block = backbone.default_feature_block if config.feature_block is None else config.feature_block
+    parsed = _normalize_shard(shard_spec)
+    return {
+        "model": backbone.name,
+        "config": {**config.to_dict(), "feature_block": feature_block},
+        "max_side": segmenter.max_side,
+        **_dataset_info(dataset),
+        "shard": None if parsed is None else f"{parsed[0]}/{parsed[1]}",
+    }
+
+
+def records_filename(shard_spec: str | tuple[int, int] | None = None) -> str:
+    """``records.jsonl``, or ``records-shard<i>of<n>.jsonl`` for a shard."""
+    parsed = _normalize_shard(shard_spec)
+    return "records.jsonl" if parsed is None else f"records-shard{parsed[0]}of{parsed[1]}.jsonl"
+
+
+def sibling_path(records_path: str | Path, kind: str, suffix: str) -> Path:
+    """``records*.jsonl`` → ``<kind>*<suffix>`` in the same folder; other names get ``.<kind><suffix>``."""
+    path = Path(records_path)
+    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.stem
+    if stem.startswith("records"):
+        return path.with_name(kind + stem[len("records") :] + suffix)
+    return path.with_name(f"{stem}.{kind}{suffix}")
+
+
+def _safe_name(sample_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", sample_id) or "sample"
+    if safe != sample_id:  # keep names unique when characters were replaced
+        safe += f"-{zlib.crc32(sample_id.encode('utf-8')):08x}"
+    return safe
+
+
+def sample_record(
+    sample: ReferringSample,
+    result: "SegmentationResult",
+    gt: np.ndarray,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """One line of a records file.
+
+    Keys: ``id``, ``image_id``, ``expression`` (as annotated), ``instruction`` (what the model read),
+    ``iou``, ``intersection``, ``union`` (pixels at the original resolution), ``point_hit`` (RAM argmax
+    inside the ground truth), ``pred_area``, ``gt_area``, ``size`` ([width, height]) and ``timings``
+    (seconds; the model's are per image / per batch, see ``SegmentationResult.timings``).
+    """
+    if result.mask.shape != gt.shape:
+        raise EvaluationError(
+            f"{sample.describe()}: the ground-truth mask is {gt.shape[1]}x{gt.shape[0]} but the image is "
+            f"{result.mask.shape[1]}x{result.mask.shape[0]} (width x height); they must match."
+        )
+    intersection, union = intersection_union(result.mask, gt)
+    return {
+        "id": sample.sample_id,
+        "image_id": sample.image_id,
+        "expression": sample.expression,
+        "instruction": result.instruction,
+        "iou": iou_from_counts(intersection, union),
+        "intersection": intersection,
+        "union": union,
+        "point_hit": argmax_in_mask(result.ram_tokens, gt),
+        "pred_area": int(result.mask.sum()),
+        "gt_area": int(gt.sum()),
+        "size": [int(gt.shape[1]), int(gt.shape[0])],
+        "timings": {**result.timings, **(timings or {})},
+    }
+
+
+def read_records(path: str | Path, repair: bool = False) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """``(header, records)`` of a records file; ``(None, [])`` for a missing or empty one.
+
+    A last line that is not valid JSON (a write cut short) is dropped with a warning, and with
+    ``repair=True`` also cut from the file (a missing final newline is added), so appends stay
+    line-aligned. Any other bad line, a missing header or a repeated id raises :class:`EvaluationError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None, []
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    header: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    offset = 0
+    cut_at: int | None = None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for number, line in enumerate(lines, start=1):
+        start, offset = offset, offset + len(line)
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            if number - 1 == last:
+                warnings.warn(f"{path}:{number}: dropping a truncated last line ({error})", stacklevel=2)
+                cut_at = start
+                break
+            raise EvaluationError(f"{path}:{number}: not a valid record line ({error}); the file is damaged.") from None
+        if header is None:
+            if value.get("format") != RECORDS_FORMAT or not isinstance(value.get("settings"), dict):
+                raise EvaluationError(
+                    f"{path} does not start with an editseg records header ({RECORDS_FORMAT}); "
+                    "is it an editseg eval records file?"
+                )
+            header = value
+            continue
+        if not {"id", "intersection", "union"} <= value.keys():
+            raise EvaluationError(f"{path}:{number}: a record needs 'id', 'intersection' and 'union'.")
+        if value["id"] in seen:
+            raise EvaluationError(f"{path}:{number}: sample {value['id']!r} is recorded twice.")
+        seen.add(value["id"])
+        records.append(value)
+    if repair:
+        if cut_at is not None:
+            with path.open("r+b") as handle:
+                handle.truncate(cut_at)
+        elif data and not data.endswith(b"\n"):
+            with path.open("ab") as handle:
+                handle.write(b"\n")
+    return header, records
+
+
+def _write_line(handle: Any, value: dict[str, Any]) -> None:
+    handle.write(json.dumps(value, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _compare_settings(expected: dict[str, Any], found: dict[str, Any], where: str, ignore: Sequence[str] = ()) -> None:
+    keys = sorted((expected.keys() | found.keys()) - set(ignore))
+    differing = [k for k in keys if expected.get(k) != found.get(k)]
+    if differing:
+        details = "; ".join(f"{k}: {found.get(k)!r} there, {expected.get(k)!r} here" for k in differing)
+        raise SettingsMismatchError(
+            f"{where} was written with other settings ({details}). Use another output folder or records "
+            "file for these settings, or delete the old one to start over."
+        )
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+
+def evaluate(
+    segmenter: "Segmenter",
+    dataset_or_samples: Any,
+    records_path: str | Path,
+    config: MethodConfig | None = None,
+    limit: int | None = None,
+    ids: Sequence[str] | None = None,
+    shard: str | tuple[int, int] | None = None,
+    save_masks: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score every selected sample not yet in ``records_path``, then summarise all records there.
+
+    Samples are grouped by image: one ``set_image`` per image and one ``predict`` for all of its
+    expressions (batched by ``segmenter.batch_size``). ``save_masks="png"`` writes
+    ``masks/<id>.png`` next to the records (``mask_file`` in the record), ``"rle"`` stores a COCO RLE
+    as ``mask_rle``. Returns the summary (see :func:`summarize`), also written to ``summary.json`` and
+    ``table.md`` beside the records. See the module docstring for resume and sharding.
+    """
+    from tqdm import tqdm
+
+    if save_masks not in SAVE_MASKS:
+        raise EvaluationError(f"save_masks must be None, 'png' or 'rle', got {save_masks!r}")
+    config = config or segmenter.config
+    records_path = Path(records_path)
+    settings = run_settings(segmenter, dataset_or_samples, config, shard)
+    samples = list(dataset_or_samples)
+    selection = select_samples(samples, ids=ids, limit=limit, shard_spec=shard)
+    without_gt = [s for s in selection if not s.has_mask]
+    if without_gt:
+        raise EvaluationError(
+            f"{len(without_gt)} selected sample(s) have no ground-truth mask, e.g. {without_gt[0].describe()}; "
+            "evaluation needs one per sample."
+        )
+
+    records_path.parent.mkdir(parents=True, exist_ok=True)
+    header, records = read_records(records_path, repair=True)
+    if header is not None:
+        _compare_settings(settings, header["settings"], str(records_path))
+    done = {r["id"] for r in records}
+    todo = [s for s in selection if s.sample_id not in done]
+    mask_dir = records_path.parent / "masks"
+    started = time.perf_counter()
+
+    with records_path.open("a", encoding="utf-8") as handle, tqdm(
+        total=len(selection), initial=len(selection) - len(todo), unit="sample",
+        desc=f"eval {settings['dataset']} {settings['split']}".rstrip(), disable=not progress, dynamic_ncols=True,
+    ) as bar:  # fmt: skip
+        if header is None:
+            _write_line(handle, {"format": RECORDS_FORMAT, "settings": settings})
+            handle.flush()
+        for _, group in group_by_image(todo):
+            new = _evaluate_image(segmenter, group, config, save_masks, mask_dir, records_path.parent)
+            for record in new:
+                _write_line(handle, record)
+            handle.flush()
+            os.fsync(handle.fileno())
+            records.extend(new)
+            bar.update(len(group))
+
+    recorded = {r["id"] for r in records}
+    run = {
+        "records": [str(records_path)],
+        "selected": len(selection),
+        "dataset_size": len(samples),
+        "evaluated_now": len(todo),
+        "resumed_from": len(done),
+        "complete": all(s.sample_id in recorded for s in selection),
+        "wall_s": time.perf_counter() - started,
+    }
+    summary = summarize(settings, records, run)
+    write_summary(summary, sibling_path(records_path, "summary", ".json"), sibling_path(records_path, "table", ".md"))
+    return summary
+
+
+def _evaluate_image(
+    segmenter: "Segmenter",
+    group: list[ReferringSample],
+    config: MethodConfig,
+    save_masks: str | None,
+    mask_dir: Path,
+    base: Path,
+) -> list[dict[str, Any]]:
+    start = time.perf_counter()
+    image = group[0].load_image()
+    load_s = time.perf_counter() - start
+    segmenter.set_image(image)
+    results = segmenter.predict([s.expression for s in group], config)
+    out = []
+    for sample, result in zip(group, results):
+        start = time.perf_counter()
+        gt = sample.load_mask()
+        record = sample_record(sample, result, gt, {"image_load_s": load_s})
+        record["timings"]["score_s"] = time.perf_counter() - start
+        if save_masks == "rle":
+            record["mask_rle"] = encode_rle(result.mask)
+        elif save_masks == "png":
+            mask_dir.mkdir(parents=True, exist_ok=True)
+            path = mask_dir / f"{_safe_name(sample.sample_id)}.png"
+            save_mask_png(result.mask, path)
+            record["mask_file"] = path.relative_to(base).as_posix()
+        out.append(record)
+    return out
+
+
+# -- summaries -------------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def summarize(
+    settings: dict[str, Any], records: Sequence[dict[str, Any]], run: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The summary of ``records`` (metrics in percent; ``None`` where undefined).
+
+    Keys: ``format``, ``settings`` (without ``shard``), ``benchmark``, ``num_samples``, ``metrics``
+    (:meth:`MetricAccumulator.summary` with ``percent=True``) and ``run`` (paths, mean timings and
+    bookkeeping; the only part that may differ between equal evaluations).
+    """
+    accumulator = MetricAccumulator()
+    for record in records:
+        try:
+            accumulator.add_record(
+                SampleRecord(
+                    record["id"], int(record["intersection"]), int(record["union"]),
+                    None if record.get("point_hit") is None else bool(record["point_hit"]),
+                )
+            )  # fmt: skip
+        except ValueError as error:
+            raise EvaluationError(f"record {record.get('id')!r}: {error}") from None
+    metrics = {k: _finite(v) for k, v in accumulator.summary(percent=True).items()}
+    timing_keys = sorted({k for r in records for k in (r.get("timings") or {})})
+    mean_timings = {
+        k: math.fsum(r["timings"][k] for r in records if k in (r.get("timings") or {}))
+        / sum(1 for r in records if k in (r.get("timings") or {}))
+        for k in timing_keys
+    }
+    return {
+        "format": SUMMARY_FORMAT,
+        "settings": {k: v for k, v in settings.items() if k != "shard"},
+        "benchmark": list(settings.get("benchmark") or [settings.get("dataset", ""), settings.get("split", "")]),
+        "num_samples": len(records),
+        "metrics": metrics,
+        "run": {**(run or {}), "mean_timings": mean_timings},
+    }
+
+
+def write_summary(summary: dict[str, Any], summary_path: str | Path, table_path: str | Path | None = None) -> None:
+    """Write the summary as JSON and, optionally, its Markdown table (:func:`markdown_table`)."""
+    Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(summary_path).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if table_path is not None:
+        Path(table_path).write_text(markdown_table([summary]) + "\n", encoding="utf-8")
+
+
+def _label(summary: dict[str, Any]) -> str:
+    settings = summary.get("settings", {})
+    mode = settings.get("config", {}).get("mode", "full")
+    return f"editseg: {settings.get('model', '?')}" + ("" if mode == "full" else f" ({mode})")
+
+
+def markdown_table(
+    summaries: Sequence[dict[str, Any]],
+    methods: Sequence[str] = DEFAULT_COMPARISON,
+    table: PublishedTable = IIE_RIS_TABLE1,
+    metrics: Sequence[str] = ("oIoU", "mIoU"),
+) -> str:
+    """A table laid out like the paper's Table 1: one row per method or model, one column per
+    (dataset, split) and metric. Published rows (``methods`` of ``table``, labelled "published") are
+    shown where the paper has a number for one of the columns; our rows come from ``summaries``.
+    """
+    columns: list[tuple[str, str]] = []
+    ours: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+    for summary in summaries:
+        benchmark = tuple(summary["benchmark"])
+        if benchmark not in columns:
+            columns.append(benchmark)  # type: ignore[arg-type]
+        ours.setdefault(_label(summary), {})[benchmark] = summary  # type: ignore[index]
+
+    def cell(value: Any) -> str:
+        return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.2f}"
+
+    header = "| Method | Source | " + " | ".join(f"{d} {s} {m}".strip() for d, s in columns for m in metrics) + " |"
+    lines = [header, "|---|---|" + "---:|" * (len(columns) * len(metrics))]
+    for method in methods:
+        values = [table.get(method, m, d, s) for d, s in columns for m in metrics]
+        if any(v is not None for v in values):
+            lines.append(f"| {method} | published ({table.table}) | " + " | ".join(cell(v) for v in values) + " |")
+    notes = []
+    for label, by_column in ours.items():
+        values = [by_column[c]["metrics"].get(m) if c in by_column else None for c in columns for m in metrics]
+        lines.append(f"| **{label}** | ours | " + " | ".join(cell(v) for v in values) + " |")
+        for (d, s), summary in by_column.items():
+            run = summary.get("run", {})
+            caveat = ""
+            if run.get("complete") is False or run.get("missing_shards"):
+                caveat = " (run not finished)"
+            elif run.get("selected", 0) < run.get("dataset_size", 0):
+                caveat = f" (a subset: {run['selected']} of {run['dataset_size']})"
+            notes.append(f"{label} on {d} {s}: {summary['num_samples']} samples{caveat}.")
+    text = "\n".join(lines)
+    if notes:
+        text += "\n\n" + "\n".join(f"- {n}" for n in notes)
+    if any(table.get(m, "oIoU", d, s) is not None for m in methods for d, s in columns):
+        text += f"\n- published: {table.paper}, {table.table}, full splits, in percent."
+    return text
+
+
+# -- merging ---------------------------------------------------------------------------------------
+
+
+def merge_records(
+    paths: Sequence[str | Path],
+    summary_path: str | Path | None = None,
+    table_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Summarise several records files (e.g. the shards of one run) as one run.
+
+    Headers must agree on every setting but ``shard``; a sample id found twice raises
+    :class:`EvaluationError`. The summary equals an unsharded run's except for its ``run`` entry.
+    A truncated last line of a file (a shard still running or killed) is dropped with a warning.
+    Writes ``summary_path`` (and ``table_path``) when given.
+    """
+    if not paths:
+        raise EvaluationError("merge needs at least one records file.")
+    settings: dict[str, Any] | None = None
+    first = ""
+    owners: dict[str, str] = {}
+    records: list[dict[str, Any]] = []
+    shards: list[str | None] = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise EvaluationError(f"records file not found: {path}")
+        header, found = read_records(path)
+        if header is None:
+            raise EvaluationError(f"{path} is empty: no header, no records.")
+        if settings is None:
+            settings, first = header["settings"], str(path)
+        else:
+            _compare_settings(settings, header["settings"], f"{path} (compared with {first})", ignore=("shard",))
+        shards.append(header["settings"].get("shard"))
+        for record in found:
+            if record["id"] in owners:
+                raise EvaluationError(
+                    f"sample {record['id']!r} is in both {owners[record['id']]} and {path}: overlapping shards "
+                    "or the same run given twice."
+                )
+            owners[record["id"]] = str(path)
+            records.append(record)
+    assert settings is not None
+    run: dict[str, Any] = {"records": [str(p) for p in paths], "shards": shards}
+    counts = {str(s).split("/")[1] for s in shards if s}
+    if all(shards) and len(counts) == 1:
+        count = int(counts.pop())
+        missing = sorted({f"{i}/{count}" for i in range(count)} - set(shards))
+        run["missing_shards"] = missing
+        if missing:
+            warnings.warn(f"merging without shard(s) {', '.join(missing)}: the summary covers part of the data.", stacklevel=2)
+    summary = summarize(settings, records, run)
+    if summary_path is not None:
+        write_summary(summary, summary_path, table_path)
+    return summary
