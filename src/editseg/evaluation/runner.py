@@ -285,7 +285,18 @@ def _write_line(handle: Any, value: dict[str, Any]) -> None:
     handle.write(json.dumps(value, ensure_ascii=False, allow_nan=False) + "\n")
 
 
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _compare_settings(expected: dict[str, Any], found: dict[str, Any], where: str, ignore: Sequence[str] = ()) -> None:
+    expected, found = _flatten(expected), _flatten(found)
     keys = sorted((expected.keys() | found.keys()) - set(ignore))
     differing = [k for k in keys if expected.get(k) != found.get(k)]
     if differing:
