@@ -17,7 +17,16 @@ tensor holds ``x`` on ``S`` and 0 elsewhere, so both are computed with fused att
    differs from the full softmax only by the row factor ``d_h``,
    ``A_h[v,v] c̄ = d_h ⊙ (T_h c̄)``, and ``r = mean_h(d_h ⊙ T_h c̄) / mean_h d_h`` exactly.
 
+With ``ProbePlan.fused`` (default) step 1 rides along the model's own attention call: q and k
+get 8 zero channels (scores unchanged; the softmax scale stays 1/sqrt(head_dim)) and v gets the
+two indicator channels, so the extra cost of step 1 is 8 channels of one attention call instead
+of a second pass over all keys. The model output then equals the bare output up to float
+rounding (the kernel reduces over a wider head); ``fused=False`` keeps it bit-identical.
+
 Memory is O(N) per block. Probe maths runs in float32 (``probe_dtype``) whatever the model dtype.
+Value tensors are zero-padded to the head dimension: fused kernels (flash on CPU and GPU) need
+value and query widths to match, and the math fallback they would otherwise take materialises
+the attention matrix (measured on CPU: 15x slower, quadratic memory).
 """
 
 from __future__ import annotations
@@ -86,6 +95,7 @@ class ProbePlan:
     attention_blocks: frozenset[int] | None = None
     features: dict[str, frozenset[int]] = field(default_factory=dict)
     probe_dtype: torch.dtype = torch.float32
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if self.prompt_mask.ndim != 2 or self.prompt_mask.shape[1] != self.layout.text_len:
@@ -106,7 +116,7 @@ def clean_token_attention_statistics(
     attn_mask: torch.Tensor | None = None,
     probe_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-block CAM and RAM terms for the clean-token rows.
+    """Per-block CAM and RAM terms for the clean-token rows (two probe attention calls).
 
     ``query`` and ``key`` are (batch, seq, heads, head_dim) exactly as the block's attention uses
     them (after QK-norm and RoPE). Returns ``(c, r)``, each (batch, clean_len):
@@ -115,26 +125,66 @@ def clean_token_attention_statistics(
     batch, seq, heads, _ = query.shape
     if seq != layout.total_len:
         raise ValueError(f"sequence length {seq} does not match the token layout ({layout.total_len})")
-    clean = layout.clean
-    q = query[:, clean].transpose(1, 2).to(probe_dtype)  # B, H, Nv, D
+    q = query[:, layout.clean].transpose(1, 2).to(probe_dtype)  # B, H, Nv, D
     k = key.transpose(1, 2).to(probe_dtype)  # B, H, S, D
-
-    indicators = query.new_zeros((batch, seq, 2), dtype=probe_dtype)
-    indicators[:, layout.text, 0] = prompt_mask.to(device=query.device, dtype=probe_dtype)
-    indicators[:, clean, 1] = 1.0
-    mask_rows = None if attn_mask is None else _rows(attn_mask, clean)
+    width = q.shape[-1]
+    indicators = query.new_zeros((batch, 1, seq, width), dtype=probe_dtype)
+    indicators[:, 0, :, :2] = indicator_channels(layout, prompt_mask, probe_dtype)
+    mask_rows = None if attn_mask is None else _rows(attn_mask, layout.clean)
     per_head = F.scaled_dot_product_attention(
-        q, k, indicators[:, None].expand(batch, heads, seq, 2), attn_mask=mask_rows, scale=scale
+        q, k, indicators.expand(batch, heads, seq, width), attn_mask=mask_rows, scale=scale
     )
-    prompt_mass_h, clean_mass_h = per_head[..., 0], per_head[..., 1]  # B, H, Nv
-    prompt_mass = prompt_mass_h.mean(dim=1)  # c = Ā[v,p]·1
+    return propagate(q, k, per_head[..., 0], per_head[..., 1], layout, scale, mask_rows)
 
-    values = prompt_mass[:, None, :, None].expand(batch, heads, layout.clean_len, 1)
-    mask_clean = None if mask_rows is None else mask_rows[..., clean]
-    within_clean_h = F.scaled_dot_product_attention(q, k[:, :, clean], values, attn_mask=mask_clean, scale=scale)
+
+def indicator_channels(layout: TokenLayout, prompt_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, seq, 2): channel 0 = 1 on the prompt tokens, channel 1 = 1 on the clean tokens."""
+    channels = prompt_mask.new_zeros((prompt_mask.shape[0], layout.total_len, 2), dtype=dtype)
+    channels[:, layout.text, 0] = prompt_mask.to(dtype)
+    channels[:, layout.clean, 1] = 1.0
+    return channels
+
+
+def propagate(
+    q_clean: torch.Tensor,
+    key: torch.Tensor,
+    prompt_mass_h: torch.Tensor,
+    clean_mass_h: torch.Tensor,
+    layout: TokenLayout,
+    scale: float | None = None,
+    mask_rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2: from per-head masses (batch, heads, Nv) to ``(c, r)``.
+
+    ``q_clean`` is (B, H, Nv, D) and ``key`` (B, H, S, D), both in the probe dtype.
+    """
+    batch, heads, clean_len, width = q_clean.shape
+    prompt_mass_h, clean_mass_h = prompt_mass_h.to(q_clean.dtype), clean_mass_h.to(q_clean.dtype)
+    prompt_mass = prompt_mass_h.mean(dim=1)  # c = Ā[v,p]·1
+    values = q_clean.new_zeros((batch, 1, clean_len, width))
+    values[:, 0, :, 0] = prompt_mass
+    mask_clean = None if mask_rows is None else mask_rows[..., layout.clean]
+    within_clean_h = F.scaled_dot_product_attention(
+        q_clean, key[:, :, layout.clean], values.expand(batch, heads, clean_len, width), attn_mask=mask_clean, scale=scale
+    )
     propagated = (clean_mass_h * within_clean_h[..., 0]).mean(dim=1)  # Ā[v,v]·c
     degree = clean_mass_h.mean(dim=1)  # Ā[v,v]·1
-    return prompt_mass, propagated / degree.clamp_min(torch.finfo(probe_dtype).tiny)
+    return prompt_mass, propagated / degree.clamp_min(torch.finfo(q_clean.dtype).tiny)
+
+
+FUSED_PAD = 8
+
+
+def widen_for_fused_probe(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: TokenLayout, prompt_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """q, k, v widened by ``FUSED_PAD`` channels (zeros; indicators in v) and the original scale."""
+    batch, seq, heads, width = query.shape
+    pad = (0, FUSED_PAD)
+    extra = value.new_zeros((batch, seq, 1, FUSED_PAD))
+    extra[..., 0, :2] = indicator_channels(layout, prompt_mask.to(value.device), value.dtype)
+    wide_value = torch.cat([value, extra.expand(batch, seq, heads, FUSED_PAD)], dim=-1)
+    return F.pad(query, pad), F.pad(key, pad), wide_value, width**-0.5
 
 
 def _rows(attn_mask: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -184,6 +234,30 @@ class ProbeRecorder:
             )
         self.cam[block] = cam
         self.ram[block] = ram
+
+    def attend(self, block: int, query, key, value, attend, attn_mask=None) -> torch.Tensor:
+        """Run the block's attention through ``attend(q, k, v, scale)`` and record this block's terms.
+
+        ``attend`` is the model's own attention function (so user-chosen kernels stay in use);
+        with ``plan.fused`` the probe's first step rides along inside that call.
+        """
+        if not self.wants_attention(block):
+            return attend(query, key, value, None)
+        if not self.plan.fused:
+            self.record_attention(block, query, key, attn_mask=attn_mask)
+            return attend(query, key, value, None)
+        width = query.shape[-1]
+        wide = widen_for_fused_probe(query, key, value, self.layout, self.plan.prompt_mask)
+        out = attend(*wide)
+        clean = out[:, self.layout.clean, :, width : width + 2].transpose(1, 2)  # B, H, Nv, 2
+        with torch.no_grad():
+            q_clean = query[:, self.layout.clean].transpose(1, 2).to(self.plan.probe_dtype)
+            k = key.transpose(1, 2).to(self.plan.probe_dtype)
+            mask_rows = None if attn_mask is None else _rows(attn_mask, self.layout.clean)
+            cam, ram = propagate(q_clean, k, clean[..., 0], clean[..., 1], self.layout, None, mask_rows)
+        self.cam[block] = cam
+        self.ram[block] = ram
+        return out[..., :width]
 
     def record_feature(self, site: str, block: int, clean_tokens: torch.Tensor) -> None:
         """Store (batch, clean_len, dim) features of the clean tokens."""

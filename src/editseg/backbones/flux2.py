@@ -63,15 +63,18 @@ class _ProbeProcessor:
         self._parallel_config = getattr(original, "_parallel_config", None)
 
     def _attend(self, query, key, value, attention_mask):
-        self.recorder.record_attention(self.block, query, key, attn_mask=attention_mask)
-        out = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
+        def attend(q, k, v, scale):
+            return dispatch_attention_fn(
+                q,
+                k,
+                v,
+                attn_mask=attention_mask,
+                scale=scale,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+
+        out = self.recorder.attend(self.block, query, key, value, attend, attn_mask=attention_mask)
         return out.flatten(2, 3).to(query.dtype)
 
 
