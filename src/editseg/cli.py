@@ -173,13 +173,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_models(_: argparse.Namespace) -> int:
-    from .backbones import KLEIN_ALIASES, PLANNED, TINY_RANDOM
+    from .backbones import known_models
 
-    print(f"{TINY_RANDOM:24s} built in, random weights (for trying editseg offline; output meaningless)")
-    for alias, hub_id in KLEIN_ALIASES.items():
-        print(f"{alias:24s} {hub_id}")
-    for alias, label in PLANNED.items():
-        print(f"{alias:24s} {label} (planned, not supported yet)")
+    for name, description in known_models().items():
+        print(f"{name:24s} {description}")
     return 0
 
 

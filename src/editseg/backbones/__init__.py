@@ -1,10 +1,25 @@
-"""Backbone registry: model names, hub ids and local folders → a loaded :class:`Backbone`."""
+"""Backbone registry: model names, hub ids and local folders → a loaded :class:`Backbone`.
+
+Each model family lives in one module that exposes:
+
+- ``ALIASES``: short names → hub ids (``flux2-klein-4b`` → ``black-forest-labs/FLUX.2-klein-4B``);
+- ``PIPELINE_CLASS_NAMES``: the ``_class_name`` values of ``model_index.json`` it serves;
+- ``check_source(source)``: raise :class:`UnsupportedModelError` for variants it cannot serve;
+- ``load_pipeline(source, dtype)``: load weights (raise ``OSError``/``ValueError`` if missing);
+- ``make_backbone(pipeline, name)``: wrap a loaded pipeline.
+
+Add a family by adding its module to :data:`FAMILY_MODULES`; built-in models (no download) go
+in :data:`BUILT_IN`.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import torch
 
@@ -13,22 +28,48 @@ from .base import Backbone, EncodedText, PreparedImage
 
 TINY_RANDOM = "tiny-random-flux2"
 TINY_MAX_SIDE = 128
-
-KLEIN_ALIASES = {
-    "flux2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
-    "flux2-klein-9b": "black-forest-labs/FLUX.2-klein-9B",
-    "flux2-klein-base-4b": "black-forest-labs/FLUX.2-klein-base-4B",
-    "flux2-klein-base-9b": "black-forest-labs/FLUX.2-klein-base-9B",
-}
+FAMILY_MODULES = ["editseg.backbones.flux2"]
 PLANNED = {
     "step1x-edit": "Step1X-Edit",
     "qwen-image-edit": "Qwen-Image-Edit",
     "flux1-kontext": "FLUX.1 Kontext",
 }
-KNOWN_MODELS = [TINY_RANDOM, *KLEIN_ALIASES]
 OFFLOAD_MODES = ("none", "model", "sequential")
 
-__all__ = ["Backbone", "EncodedText", "PreparedImage", "load_backbone", "resolve_model_source", "KNOWN_MODELS"]
+__all__ = ["Backbone", "EncodedText", "PreparedImage", "load_backbone", "resolve_model_source", "known_models"]
+
+
+def _tiny_random(device: torch.device, dtype: torch.dtype) -> Backbone:
+    from .flux2 import Flux2KleinBackbone
+    from .tiny import build_tiny_flux2_klein_pipeline
+
+    pipeline = build_tiny_flux2_klein_pipeline().to(device)
+    if dtype != torch.float32:
+        pipeline = pipeline.to(dtype=dtype)
+    # Its VAE is 2x (not 8x) down, so 4 px per token: cap the input to keep CPU runs quick.
+    return Flux2KleinBackbone(pipeline, name=TINY_RANDOM, is_random=True, default_max_side=TINY_MAX_SIDE)
+
+
+BUILT_IN: dict[str, tuple[Callable[[torch.device, torch.dtype], Backbone], str]] = {
+    TINY_RANDOM: (_tiny_random, "built in, random weights (for trying editseg offline; output meaningless)"),
+}
+
+
+def families() -> list[ModuleType]:
+    return [importlib.import_module(name) for name in FAMILY_MODULES]
+
+
+def aliases() -> dict[str, str]:
+    """Every short model name → hub id."""
+    return {alias: hub_id for family in families() for alias, hub_id in family.ALIASES.items()}
+
+
+def known_models() -> dict[str, str]:
+    """Names accepted by :func:`load_backbone` with a one-line description."""
+    described = {name: text for name, (_, text) in BUILT_IN.items()}
+    described.update(aliases())
+    described.update({name: f"{label} (planned, not supported yet)" for name, label in PLANNED.items()})
+    return described
 
 
 def resolve_model_source(model: str) -> str:
@@ -36,7 +77,7 @@ def resolve_model_source(model: str) -> str:
 
     With ``EDITSEG_MODELS_DIR`` set, ``$EDITSEG_MODELS_DIR/<repo name>`` is used when it exists.
     """
-    source = KLEIN_ALIASES.get(model.lower(), model)
+    source = aliases().get(model.lower(), model)
     if Path(source).expanduser().exists():
         return str(Path(source).expanduser())
     models_dir = os.environ.get("EDITSEG_MODELS_DIR")
@@ -57,6 +98,20 @@ def _pipeline_class_name(source: str) -> str | None:
     return None
 
 
+def _family_for(source: str, model: str) -> ModuleType:
+    class_name = _pipeline_class_name(source)
+    for family in families():
+        if class_name in family.PIPELINE_CLASS_NAMES:
+            return family
+        if class_name is None and (model.lower() in family.ALIASES or source in family.ALIASES.values()):
+            return family
+    supported = ", ".join(aliases().values())
+    if class_name is not None:
+        raise UnsupportedModelError(f"{source} holds a {class_name}, which editseg does not support. Supported: {supported}.")
+    # An unknown hub id: try the first family (FLUX.2 klein); its loader reports what is missing.
+    return families()[0]
+
+
 def load_backbone(
     model: str = TINY_RANDOM,
     device: str | torch.device | None = None,
@@ -69,38 +124,23 @@ def load_backbone(
     ``offload``: ``none``, ``model`` (whole components move to the GPU in turn) or
     ``sequential`` (layer by layer; least memory, slowest).
     """
-    from .flux2 import Flux2KleinBackbone, refuse_kv_variant
-
     if offload not in OFFLOAD_MODES:
         raise UnsupportedModelError(f"offload must be one of {', '.join(OFFLOAD_MODES)}; got {offload!r}.")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    if model == TINY_RANDOM:
-        from .tiny import build_tiny_flux2_klein_pipeline
-
-        pipeline = build_tiny_flux2_klein_pipeline().to(device)
-        if dtype != torch.float32:
-            pipeline = pipeline.to(dtype=dtype)
-        # Its VAE is 2x (not 8x) down, so 4 px per token: cap the input to keep CPU runs quick.
-        return Flux2KleinBackbone(pipeline, name=TINY_RANDOM, is_random=True, default_max_side=TINY_MAX_SIDE)
-
-    lowered = model.lower()
+    if model in BUILT_IN:
+        return BUILT_IN[model][0](device, dtype)
+    normalized = model.lower().replace("_", "-").replace(".", "")
     for key, label in PLANNED.items():
-        if key in lowered.replace("_", "-").replace(".", ""):
+        if key in normalized:
             raise UnsupportedModelError(
-                f"{label} is not supported yet (planned). Supported now: {', '.join(KNOWN_MODELS)}, "
-                "or any FLUX.2-klein hub id / local folder."
+                f"{label} is not supported yet (planned). Supported now: {', '.join(known_models())}."
             )
     source = resolve_model_source(model)
-    refuse_kv_variant(source)
-    class_name = _pipeline_class_name(source)
-    if class_name not in (None, "Flux2KleinPipeline"):
-        raise UnsupportedModelError(
-            f"{source} holds a {class_name}; editseg supports Flux2KleinPipeline models now "
-            f"({', '.join(KLEIN_ALIASES.values())})."
-        )
-    pipeline = _load_klein_pipeline(source, model, dtype)
+    family = _family_for(source, model)
+    family.check_source(source)
+    pipeline = _load_pipeline(family, source, model, dtype)
     if offload == "model":
         pipeline.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
@@ -108,25 +148,20 @@ def load_backbone(
     else:
         pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
-    return Flux2KleinBackbone(pipeline, name=model)
+    return family.make_backbone(pipeline, model)
 
 
-def _load_klein_pipeline(source: str, model: str, dtype: torch.dtype):
-    from diffusers import Flux2KleinPipeline
-
+def _load_pipeline(family: ModuleType, source: str, model: str, dtype: torch.dtype):
     looks_like_path = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
     if looks_like_path and not Path(source).expanduser().exists():
         raise ModelNotFoundError(f"Model folder not found: {source}. " + OFFLINE_HINT)
     try:
-        # diffusers >= 0.42 names the argument ``dtype`` (``torch_dtype`` is deprecated)
-        return Flux2KleinPipeline.from_pretrained(source, dtype=dtype)
+        return family.load_pipeline(source, dtype)
     except (OSError, ValueError) as error:
         is_local = Path(source).exists()
         where = f"the local folder {source}" if is_local else f"the hub id {source!r}"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelNotFoundError(
             f"Could not load model {model!r} from {where}: {reason}\n"
-            "FLUX.2 [klein] weights are gated on the Hugging Face hub: accept the licence on the model "
-            "page and log in (`hf auth login`), or copy the weights from a machine that has them. "
-            + OFFLINE_HINT
+            f"{family.WEIGHTS_HINT} " + OFFLINE_HINT
         ) from None

@@ -326,6 +326,36 @@ class Flux2KleinBackbone(Backbone):
         return recorder
 
 
+ALIASES = {
+    "flux2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
+    "flux2-klein-9b": "black-forest-labs/FLUX.2-klein-9B",
+    "flux2-klein-base-4b": "black-forest-labs/FLUX.2-klein-base-4B",
+    "flux2-klein-base-9b": "black-forest-labs/FLUX.2-klein-base-9B",
+}
+PIPELINE_CLASS_NAMES = ("Flux2KleinPipeline", "Flux2KleinKVPipeline")
+WEIGHTS_HINT = (
+    "FLUX.2 [klein] weights are gated on the Hugging Face hub: accept the licence on the model page and "
+    "log in (`hf auth login`), or copy the weights from a machine that has them."
+)
+
+
+def load_pipeline(source: str, dtype: torch.dtype):
+    """``Flux2KleinPipeline.from_pretrained`` (raises OSError/ValueError when weights are missing)."""
+    from diffusers import Flux2KleinPipeline
+
+    # diffusers >= 0.42 names the argument ``dtype`` (``torch_dtype`` is deprecated)
+    return Flux2KleinPipeline.from_pretrained(source, dtype=dtype)
+
+
+def make_backbone(pipeline, name: str) -> "Flux2KleinBackbone":
+    return Flux2KleinBackbone(pipeline, name=name)
+
+
+def check_source(source: str) -> None:
+    """Refuse the KV-cache variant (see :func:`refuse_kv_variant`)."""
+    refuse_kv_variant(source)
+
+
 def refuse_kv_variant(source: str) -> None:
     """FLUX.2-klein-9B-KV lets reference tokens attend only to themselves: no image→prompt attention."""
     class_name = ""
