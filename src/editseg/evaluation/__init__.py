@@ -1,4 +1,4 @@
-"""Evaluation: RIS metrics (oIoU, mIoU, Pr@t, point accuracy, feature separability) and published numbers."""
+"""Evaluation: RIS metrics (oIoU, mIoU, Pr@t, point accuracy, feature separability), published numbers and the benchmark runner."""
 
 from .metrics import (
     PR_THRESHOLDS,
@@ -14,20 +14,26 @@ from .metrics import (
     separability_score,
 )
 from .published import PUBLISHED, TABLES, PublishedTable, comparison_table
+from .runner import EvaluationError, SettingsMismatchError, evaluate, markdown_table, merge_records
 
 __all__ = [
     "PR_THRESHOLDS",
     "PUBLISHED",
     "TABLES",
     "MetricAccumulator",
+    "EvaluationError",
     "PublishedTable",
     "SampleRecord",
+    "SettingsMismatchError",
     "argmax_in_mask",
     "comparison_table",
     "compute_metrics",
+    "evaluate",
     "intersection_union",
     "iou_from_counts",
+    "markdown_table",
     "mask_iou",
+    "merge_records",
     "point_accuracy",
     "resize_mask",
     "separability_score",
