@@ -58,6 +58,11 @@ def test_eval_refcoco_writes_records_summary_table(refer_root, tmp_path, capsys)
     assert main(argv) == 0
     assert comparable(json.loads((out / "summary.json").read_text())) == comparable(summary)
     assert len(read_records(out / "records.jsonl")[1]) == 3
+    capsys.readouterr()
+    # Other settings on the same --out: refused before the model is loaded.
+    assert main([*argv[:-3], "--tau", "0.8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "config.tau: 0.7 there, 0.8 here" in err and "loading" not in err and "Traceback" not in err
 
 
 def test_eval_manifest_with_masks_and_gallery(manifest, tmp_path, shared_model):

@@ -124,16 +124,33 @@ def _eval(args: argparse.Namespace) -> int:
     """``editseg eval``."""
     from ..cli import _config_from_args, _segmenter_from_args
     from .report import write_gallery
-    from .runner import evaluate, read_records, records_filename, select_samples, sibling_path
+    from .runner import (
+        check_resumable,
+        dataset_info,
+        evaluate,
+        read_records,
+        records_filename,
+        select_samples,
+        shard_label,
+        sibling_path,
+    )
 
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
     if args.gallery < 0:
         raise EvaluationError(f"--gallery must be 0 or more, got {args.gallery}")
-    _config_from_args(args)  # validate method options before reading data
+    config = _config_from_args(args)  # validate method options before reading data
     dataset = build_dataset(args)
-    _check_images(select_samples(dataset, ids=ids, limit=args.limit, shard_spec=args.shard))
+    selection = select_samples(dataset, ids=ids, limit=args.limit, shard_spec=args.shard)
+    _check_images(selection)
     out = Path(args.out)
     records_path = out / records_filename(args.shard)
+    settings = config.to_dict()
+    if settings["feature_block"] is None:
+        del settings["feature_block"]  # the backbone's default, known once it is loaded
+    check_resumable(  # before loading the model: a mismatch fails in seconds, not minutes
+        records_path,
+        {"config": settings, "max_side": args.max_side, **dataset_info(dataset), "shard": shard_label(args.shard)},
+    )
     segmenter = _segmenter_from_args(args)
     summary = evaluate(
         segmenter, dataset, records_path, limit=args.limit, ids=ids, shard=args.shard,
@@ -144,7 +161,9 @@ def _eval(args: argparse.Namespace) -> int:
         gallery = sibling_path(records_path, "gallery", ".png")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            written = write_gallery(segmenter, list(dataset), read_records(records_path)[1], gallery, k=args.gallery)
+            selected = {s.sample_id for s in selection}
+            records = [r for r in read_records(records_path)[1] if r["id"] in selected]
+            written = write_gallery(segmenter, selection, records, gallery, k=args.gallery)
         if written:
             print(f"editseg: gallery written to {written}", file=sys.stderr)
     return 0

@@ -69,6 +69,8 @@ __all__ = [
     "SUMMARY_FORMAT",
     "EvaluationError",
     "SettingsMismatchError",
+    "check_resumable",
+    "dataset_info",
     "evaluate",
     "markdown_table",
     "merge_records",
@@ -77,6 +79,7 @@ __all__ = [
     "run_settings",
     "sample_record",
     "select_samples",
+    "shard_label",
     "sibling_path",
     "summarize",
 ]
@@ -109,6 +112,12 @@ def _normalize_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | No
         raise EvaluationError(str(error)) from None
 
 
+def shard_label(spec: str | tuple[int, int] | None) -> str | None:
+    """``"i/n"`` for a shard spec (validated), ``None`` for none."""
+    parsed = _normalize_shard(spec)
+    return None if parsed is None else f"{parsed[0]}/{parsed[1]}"
+
+
 def select_samples(
     samples: Iterable[ReferringSample],
     ids: Sequence[str] | None = None,
@@ -117,6 +126,11 @@ def select_samples(
 ) -> list[ReferringSample]:
     """The samples a run evaluates: stable order, filtered by ``ids``, first ``limit``, then one shard."""
     selected = list(samples)
+    seen: set[str] = set()
+    for sample in selected:
+        if sample.sample_id in seen:
+            raise EvaluationError(f"sample id {sample.sample_id!r} occurs twice in the dataset; ids must be unique.")
+        seen.add(sample.sample_id)
     if ids is not None:
         wanted = set(str(i) for i in ids)
         known = {s.sample_id for s in selected}
@@ -138,7 +152,8 @@ def select_samples(
 # -- settings and records --------------------------------------------------------------------------
 
 
-def _dataset_info(dataset: Any) -> dict[str, Any]:
+def dataset_info(dataset: Any) -> dict[str, Any]:
+    """``dataset``, ``split``, ``benchmark`` (and ``split_by``) settings of a dataset or sample list."""
     name = str(getattr(dataset, "name", "samples"))
     split = str(getattr(dataset, "split", ""))
     benchmark = getattr(dataset, "benchmark", None) or (name, split)
@@ -158,13 +173,12 @@ def run_settings(
     config = config or segmenter.config
     backbone = segmenter.backbone
     feature_block = backbone.default_feature_block if config.feature_block is None else config.feature_block
-    parsed = _normalize_shard(shard_spec)
     return {
         "model": backbone.name,
         "config": {**config.to_dict(), "feature_block": feature_block},
         "max_side": segmenter.max_side,
-        **_dataset_info(dataset),
-        "shard": None if parsed is None else f"{parsed[0]}/{parsed[1]}",
+        **dataset_info(dataset),
+        "shard": shard_label(shard_spec),
     }
 
 
@@ -305,6 +319,17 @@ def _compare_settings(expected: dict[str, Any], found: dict[str, Any], where: st
             f"{where} was written with other settings ({details}). Use another output folder or records "
             "file for these settings, or delete the old one to start over."
         )
+
+
+def check_resumable(records_path: str | Path, partial_settings: dict[str, Any]) -> None:
+    """Raise :class:`SettingsMismatchError` early (e.g. before loading a model) if an existing records
+    file disagrees with any of ``partial_settings`` (nested keys may be left out)."""
+    header, _ = read_records(records_path)
+    if header is None:
+        return
+    wanted = _flatten(partial_settings)
+    found = {k: v for k, v in _flatten(header["settings"]).items() if k in wanted}
+    _compare_settings(wanted, found, str(records_path))
 
 
 # -- evaluation ------------------------------------------------------------------------------------
