@@ -125,6 +125,21 @@ def test_eval_errors_are_messages(argv, message, refer_root, manifest, tmp_path,
     assert message in err and "Traceback" not in err
 
 
+def test_eval_table_over_several_runs(tmp_path, capsys):
+    base = {"format": "editseg-eval-summary/1", "settings": {"model": "m", "config": {"mode": "full"}},
+            "num_samples": 2, "metrics": {"oIoU": 50.0, "mIoU": 40.0}, "run": {}}  # fmt: skip
+    for name, benchmark in (("a", ["refcoco", "val"]), ("b", ["refcocog", "val"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({**base, "benchmark": benchmark}))
+    assert main(["eval-table", str(tmp_path / "a"), str(tmp_path / "b" / "summary.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| refcoco val oIoU | refcoco val mIoU | refcocog val oIoU | refcocog val mIoU |" in out
+    assert "| **editseg: m** | ours | 50.00 | 40.00 | 50.00 | 40.00 |" in out
+    assert "| RefAM | published (Table 1) | 46.91 | 57.24 | 45.53 | 47.11 |" in out
+    assert main(["eval-table", str(tmp_path)]) == 2
+    assert "summary not found" in capsys.readouterr().err
+
+
 def test_eval_merge_errors_are_messages(tmp_path, capsys):
     assert main(["eval-merge", str(tmp_path / "nothing")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     editseg eval --dataset refcoco --split val --data-root data --model flux2-klein-4b --out runs/rc-val
     editseg eval --dataset shapes --limit 200 --out runs/shapes --gallery 4
     editseg eval-merge runs/rc-val            # after sharded runs (--shard i/n) into runs/rc-val
+    editseg eval-table runs/rc-val runs/rcp-val runs/rcg-val   # one table over several runs
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Callable
 from ..data.base import DatasetFilesNotFound, ReferringSample
 from .runner import EvaluationError
 
-__all__ = ["DATASETS", "HANDLERS", "build_dataset", "register", "run_eval", "run_eval_merge"]
+__all__ = ["DATASETS", "HANDLERS", "build_dataset", "register", "run_eval", "run_eval_merge", "run_eval_table"]
 
 DATASETS = ("refcoco", "refcoco+", "refcocog", "manifest", "shapes")
 DEFAULT_SHAPES_SAMPLES = 1000
@@ -64,6 +65,14 @@ def register(subparsers: Any) -> None:
     )
     merge.add_argument("inputs", nargs="+", help="records files or folders holding records*.jsonl")
     merge.add_argument("--out", default=None, help="folder for summary.json and table.md (default: the first input's folder)")
+
+    table = subparsers.add_parser(
+        "eval-table",
+        help="one Table-1-style Markdown table from several eval summaries (e.g. all val splits)",
+        description="Print (or write) a table with one column per dataset/split and metric, published rows beside ours.",
+    )
+    table.add_argument("inputs", nargs="+", help="summary.json files or eval output folders holding summary.json")
+    table.add_argument("--out", default=None, help="write the table to this file instead of printing it")
 
 
 def build_dataset(args: argparse.Namespace) -> Any:
@@ -215,7 +224,40 @@ def _eval_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_table(args: argparse.Namespace) -> int:
+    """``editseg eval-table``."""
+    import json
+
+    from .runner import SUMMARY_FORMAT, markdown_table
+
+    summaries = []
+    for item in args.inputs:
+        path = Path(item) / "summary.json" if Path(item).is_dir() else Path(item)
+        if not path.is_file():
+            raise EvaluationError(f"summary not found: {path}")
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise EvaluationError(f"{path} is not valid JSON ({error.msg}).") from None
+        if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
+            raise EvaluationError(f"{path} is not an editseg eval summary ({SUMMARY_FORMAT}).")
+        summaries.append(summary)
+    text = markdown_table(summaries)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        print(f"editseg: table written to {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
 run_eval = _converted(_eval)
 run_eval_merge = _converted(_eval_merge)
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"eval": run_eval, "eval-merge": run_eval_merge}
+run_eval_table = _converted(_eval_table)
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "eval": run_eval,
+    "eval-merge": run_eval_merge,
+    "eval-table": run_eval_table,
+}
