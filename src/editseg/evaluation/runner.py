@@ -231,7 +231,8 @@ def sample_record(
         "iou": iou_from_counts(intersection, union),
         "intersection": intersection,
         "union": union,
-        "point_hit": argmax_in_mask(result.ram_tokens, gt),
+        # RAM at the input resolution: the token grid may cover a centre crop of the image
+        "point_hit": argmax_in_mask(result.ram, gt),
         "pred_area": int(result.mask.sum()),
         "gt_area": int(gt.sum()),
         "size": [int(gt.shape[1]), int(gt.shape[0])],
