@@ -1,0 +1,1 @@
+"""Step1X-Edit family (filled in below)."""
