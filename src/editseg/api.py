@@ -125,18 +125,37 @@ class Segmenter:
         self, expressions: str | Sequence[str], config: MethodConfig | None = None
     ) -> list[SegmentationResult]:
         """Segment each expression in the current image (see :meth:`set_image`)."""
+        return self.predict_sweep(expressions, [config or self.config])[0]
+
+    def predict_sweep(
+        self, expressions: str | Sequence[str], configs: Sequence[MethodConfig]
+    ) -> list[list[SegmentationResult]]:
+        """Results for every config (outer list) and expression (inner list).
+
+        Configs that differ only in what is computed from the probes (mode, blocks summed,
+        feature site/block, tau, similarity, thresholds) share one transformer forward per batch,
+        so an ablation sweep costs one forward, not one per setting.
+        """
         if self._image is None:
             raise ConfigError("No image set: call set_image(image) first, or use segment(image, expressions).")
-        config = config or self.config
         if isinstance(expressions, str):
             expressions = [expressions]
         expressions = [normalize_expression(e) for e in expressions]
         if not expressions:
             raise ExpressionError("No expressions given.")
-        self._check_config(config)
-        results: list[SegmentationResult] = []
-        for start in range(0, len(expressions), self.batch_size):
-            results.extend(self._predict_batch(expressions[start : start + self.batch_size], config))
+        if not configs:
+            raise ConfigError("No method configs given.")
+        for config in configs:
+            self._check_config(config)
+        results: list[list[SegmentationResult]] = [[] for _ in configs]
+        groups: dict[tuple, list[int]] = {}
+        for index, config in enumerate(configs):
+            groups.setdefault(config.forward_key(), []).append(index)
+        for indices in groups.values():
+            for start in range(0, len(expressions), self.batch_size):
+                batch = self._predict_batch(expressions[start : start + self.batch_size], [configs[i] for i in indices])
+                for i, batch_results in zip(indices, batch):
+                    results[i].extend(batch_results)
         return results
 
     def segment(
@@ -159,66 +178,77 @@ class Segmenter:
     def _feature_block(self, config: MethodConfig) -> int:
         return self.backbone.default_feature_block if config.feature_block is None else config.feature_block
 
-    def _predict_batch(self, expressions: list[str], config: MethodConfig) -> list[SegmentationResult]:
+    def _predict_batch(self, expressions: list[str], configs: list[MethodConfig]) -> list[list[SegmentationResult]]:
+        """One probed forward for ``expressions``, evaluated under each of ``configs`` (same forward_key)."""
         backbone, image = self.backbone, self._image
         device = backbone.device
-        instructions = [self.instruction_for(e, config) for e in expressions]
+        head = configs[0]
+        instructions = [self.instruction_for(e, head) for e in expressions]
         with self._memory_guard(), torch.inference_mode():
             start = time.perf_counter()
             text = backbone.encode_text(expressions, instructions)
             text_seconds = _elapsed(start, device)
 
-            token_sets = [p.indices(config.prompt_tokens) for p in text.prompts]
+            token_sets = [p.indices(head.prompt_tokens) for p in text.prompts]
             prompt_mask = torch.zeros(len(expressions), text.text_len)
             for row, indices in enumerate(token_sets):
                 prompt_mask[row, indices] = 1.0
-            blocks = backbone.resolve_blocks(config.attention_blocks)
-            feature_block = self._feature_block(config)
+            block_sets = [backbone.resolve_blocks(c.attention_blocks) for c in configs]
+            features: dict[str, set[int]] = {}
+            for config in configs:
+                if config.mode == "full":
+                    features.setdefault(config.feature_site, set()).add(self._feature_block(config))
             plan = ProbePlan(
                 layout=backbone.layout_for(image, text),
                 prompt_mask=prompt_mask,
-                attention_blocks=blocks,
-                features={config.feature_site: frozenset({feature_block})} if config.mode == "full" else {},
+                attention_blocks=frozenset().union(*block_sets),
+                features={site: frozenset(blocks) for site, blocks in features.items()},
             )
             start = time.perf_counter()
-            recorder = backbone.probe_forward(image, text, plan, seed=config.seed)
+            recorder = backbone.probe_forward(
+                image, text, plan, seed=head.seed, step_index=head.timestep_index, num_steps=head.num_inference_steps
+            )
             forward_seconds = _elapsed(start, device)
-
-            start = time.perf_counter()
-            ordered = sorted(blocks)
-            features = recorder.features.get((config.feature_site, feature_block))
-            maps = ground(
-                recorder.stacked("cam", ordered), recorder.stacked("ram", ordered), features, image.geometry.grid, config
-            )
-            masks = masks_at_input(maps, image.geometry, config).cpu().numpy()
-            cam = image.geometry.to_input(maps.cam).cpu().numpy()
-            ram = image.geometry.to_input(maps.ram).cpu().numpy()
-            method_seconds = _elapsed(start, device)
-
-        timings = {
-            "image_encode_s": self._image_seconds,
-            "text_encode_s": text_seconds,
-            "transformer_s": forward_seconds,
-            "method_s": method_seconds,
-            "batch_size": float(len(expressions)),
-        }
-        return [
-            SegmentationResult(
-                expression=expression,
-                instruction=text.prompts[i].instruction,
-                mask=masks[i],
-                cam=cam[i],
-                ram=ram[i],
-                cam_tokens=maps.cam[i].cpu().numpy(),
-                ram_tokens=maps.ram[i].cpu().numpy(),
-                prompt_token_indices=token_sets[i],
-                prompt_tokens=text.prompts[i].token_strings(token_sets[i]),
-                timings=dict(timings),
-                model=backbone.name,
-                config={**config.to_dict(), "feature_block": feature_block},
-            )
-            for i, expression in enumerate(expressions)
-        ]
+            outputs = []
+            for config, blocks in zip(configs, block_sets):
+                start = time.perf_counter()
+                feature_block = self._feature_block(config)
+                ordered = sorted(blocks)
+                maps = ground(
+                    recorder.stacked("cam", ordered),
+                    recorder.stacked("ram", ordered),
+                    recorder.features.get((config.feature_site, feature_block)),
+                    image.geometry.grid,
+                    config,
+                )
+                masks = masks_at_input(maps, image.geometry, config).cpu().numpy()
+                cam = image.geometry.to_input(maps.cam).cpu().numpy()
+                ram = image.geometry.to_input(maps.ram).cpu().numpy()
+                timings = {
+                    "image_encode_s": self._image_seconds,
+                    "text_encode_s": text_seconds,
+                    "transformer_s": forward_seconds,
+                    "method_s": _elapsed(start, device),
+                    "batch_size": float(len(expressions)),
+                }
+                outputs.append([
+                    SegmentationResult(
+                        expression=expression,
+                        instruction=text.prompts[i].instruction,
+                        mask=masks[i],
+                        cam=cam[i],
+                        ram=ram[i],
+                        cam_tokens=maps.cam[i].cpu().numpy(),
+                        ram_tokens=maps.ram[i].cpu().numpy(),
+                        prompt_token_indices=token_sets[i],
+                        prompt_tokens=text.prompts[i].token_strings(token_sets[i]),
+                        timings=dict(timings),
+                        model=backbone.name,
+                        config={**config.to_dict(), "feature_block": feature_block},
+                    )
+                    for i, expression in enumerate(expressions)
+                ])
+        return outputs
 
     @contextmanager
     def _memory_guard(self) -> Iterator[None]:

@@ -38,6 +38,10 @@ class MethodConfig:
       un-normalised masked means exactly as eq. 6 is typeset. Pixel features are unit vectors
       either way. The two differ when the prototypes' norms differ; the paper is ambiguous.
     - ``seed``: seed of the first-step noise (the noisy tokens are pure noise at sigma 1).
+    - ``timestep_index`` / ``num_inference_steps``: probe at step ``timestep_index`` of a
+      ``num_inference_steps`` schedule, after denoising the earlier steps with the model's own
+      sampler (paper Figs. 3-4). 0 (default, the paper's choice) is the first step, sigma 1,
+      whatever the schedule length.
     """
 
     mode: str = "full"
@@ -50,6 +54,8 @@ class MethodConfig:
     instruction_template: str = "remove"
     similarity: str = "cosine"
     seed: int = 0
+    timestep_index: int = 0
+    num_inference_steps: int = 28
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
@@ -67,8 +73,17 @@ class MethodConfig:
             raise ConfigError(f"tau must be in [0, 1), got {self.tau} (the RAM is min-max normalised to [0, 1]).")
         if not 0.0 <= self.map_threshold < 1.0:
             raise ConfigError(f"map_threshold must be in [0, 1), got {self.map_threshold}.")
+        if not 0 <= self.timestep_index < self.num_inference_steps:
+            raise ConfigError(
+                f"timestep_index must be in [0, num_inference_steps={self.num_inference_steps}), got {self.timestep_index}."
+            )
         if self.feature_block is not None and self.feature_block < 0:
             raise ConfigError(f"feature_block must be a 0-based block index, got {self.feature_block}.")
+
+    def forward_key(self) -> tuple:
+        """Settings that change the transformer forward; configs sharing it can share one forward."""
+        steps = self.num_inference_steps if self.timestep_index else None
+        return (self.prompt_tokens, self.instruction_template, self.seed, self.timestep_index, steps)
 
     def replace(self, **changes: Any) -> "MethodConfig":
         return replace(self, **changes)

@@ -86,5 +86,8 @@ class Backbone(ABC):
         """Encode instructions exactly as the model's pipeline does and map words to tokens."""
 
     @abstractmethod
-    def probe_forward(self, image: PreparedImage, text: EncodedText, plan: ProbePlan) -> ProbeRecorder:
-        """One transformer forward at the first denoising step with probes installed."""
+    def probe_forward(
+        self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28
+    ) -> ProbeRecorder:
+        """One transformer forward with probes installed, at step ``step_index`` of a
+        ``num_steps`` schedule (0 = the first step, sigma 1; later steps denoise first)."""

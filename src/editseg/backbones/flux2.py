@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
@@ -32,6 +33,7 @@ from .base import Backbone, EncodedText, PreparedImage
 MAX_SEQUENCE_LENGTH = 512
 TEXT_ENCODER_LAYERS = (9, 18, 27)
 MAX_AREA = 1024 * 1024
+GUIDANCE_SCALE = 4.0  # Flux2KleinPipeline's default, used by undistilled (base) models
 
 
 def _projections(attn, hidden_states, encoder_hidden_states=None):
@@ -243,7 +245,7 @@ class Flux2KleinBackbone(Backbone):
             enable_thinking=False,
         )
 
-    def encode_text(self, expressions: Sequence[str], instructions: Sequence[str]) -> EncodedText:
+    def encode_text(self, expressions: Sequence[str], instructions: Sequence[str], align: bool = True) -> EncodedText:
         pipe = self.pipeline
         tokenizer = pipe.tokenizer
         texts = [self.chat_text(instruction) for instruction in instructions]
@@ -267,7 +269,7 @@ class Flux2KleinBackbone(Backbone):
             for expression, instruction, text, ids, offsets, mask in zip(
                 expressions, instructions, texts, encoded["input_ids"], encoded["offset_mapping"], encoded["attention_mask"]
             )
-        ]
+        ] if align else []
         device = self.device
         output = pipe.text_encoder(
             input_ids=encoded["input_ids"].to(device),
@@ -314,13 +316,57 @@ class Flux2KleinBackbone(Backbone):
             "guidance": None,
         }
 
+    def step_inputs(
+        self, image: PreparedImage, text: EncodedText, seed: int, step_index: int = 0, num_steps: int = 28
+    ) -> dict:
+        """Transformer kwargs at step ``step_index`` of a ``num_steps`` schedule.
+
+        Step 0 is :meth:`first_step_inputs`. Later steps first denoise with the pipeline's own
+        schedule (linear sigmas, empirical shift ``mu``, flow-match Euler; classifier-free
+        guidance with an empty negative prompt on undistilled models, as the pipeline does).
+        """
+        inputs = self.first_step_inputs(image, text, seed)
+        if step_index == 0:
+            return inputs
+        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu, retrieve_timesteps
+
+        pipe = self.pipeline
+        noisy_len = image.tensors["latents"].shape[1]
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+        mu = compute_empirical_mu(image_seq_len=noisy_len, num_steps=num_steps)
+        timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
+        scheduler.set_begin_index(0)
+        hidden, clean = inputs["hidden_states"][:, :noisy_len], inputs["hidden_states"][:, noisy_len:]
+        batch = hidden.shape[0]
+        negative = None
+        guidance_scale = GUIDANCE_SCALE if not pipe.config.is_distilled else 1.0
+        if guidance_scale > 1:
+            negative = self.encode_text([""] * batch, [""] * batch, align=False).tensors
+        latents = hidden.clone()
+        with torch.inference_mode():
+            for t in timesteps[:step_index]:
+                step = dict(inputs, hidden_states=torch.cat([latents, clean], dim=1).to(pipe.transformer.dtype))
+                step["timestep"] = (t.expand(batch) / 1000).to(latents.dtype)
+                velocity = pipe.transformer(**step, return_dict=False)[0][:, :noisy_len]
+                if negative is not None:
+                    step.update(encoder_hidden_states=negative["embeds"], txt_ids=negative["ids"])
+                    uncond = pipe.transformer(**step, return_dict=False)[0][:, :noisy_len]
+                    velocity = uncond + guidance_scale * (velocity - uncond)
+                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        inputs["hidden_states"] = torch.cat([latents, clean], dim=1).to(pipe.transformer.dtype)
+        inputs["timestep"] = (timesteps[step_index].expand(batch) / 1000).to(latents.dtype)
+        return inputs
+
     def layout_for(self, image: PreparedImage, text: EncodedText) -> TokenLayout:
         clean = image.tensors["latents"].shape[1]
         return TokenLayout(text_len=text.text_len, noisy_len=clean, clean_len=clean, grid=image.geometry.grid)
 
-    def probe_forward(self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0) -> ProbeRecorder:
+    def probe_forward(
+        self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28
+    ) -> ProbeRecorder:
         recorder = ProbeRecorder(plan)
-        inputs = self.first_step_inputs(image, text, seed)
+        inputs = self.step_inputs(image, text, seed, step_index, num_steps)
         with torch.inference_mode(), probes_installed(self.pipeline.transformer, recorder):
             self.pipeline.transformer(**inputs, return_dict=False)
         return recorder
