@@ -98,3 +98,39 @@ def test_random_weights_warn(tiny_backbone):
 
     with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
         Segmenter(tiny_backbone)
+
+
+def test_predict_sweep_shares_forwards_and_equals_separate_predicts(segmenter, random_image):
+    configs = [
+        MethodConfig(),
+        MethodConfig(mode="cam"),
+        MethodConfig(tau=0.5, feature_block=1, feature_site="adaln"),
+        MethodConfig(attention_blocks="single", similarity="dot"),
+        MethodConfig(prompt_tokens="all"),  # a different forward
+    ]
+    segmenter.set_image(random_image)
+    transformer = segmenter.backbone.pipeline.transformer
+    calls = []
+    handle = transformer.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        swept = segmenter.predict_sweep(["the dog", "a red car"], configs)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # one forward for the first four configs, one for prompt_tokens="all"
+    for config, results in zip(configs, swept):
+        separate = segmenter.predict(["the dog", "a red car"], config)
+        for a, b in zip(results, separate):
+            np.testing.assert_array_equal(a.mask, b.mask)
+            np.testing.assert_allclose(a.ram_tokens, b.ram_tokens)
+            assert a.config == b.config
+
+
+def test_timestep_index_changes_the_noisy_tokens_only(segmenter, random_image):
+    segmenter.set_image(random_image)
+    first = segmenter.predict("the dog", MethodConfig())[0]
+    first_again = segmenter.predict("the dog", MethodConfig(num_inference_steps=10))[0]
+    later = segmenter.predict("the dog", MethodConfig(timestep_index=5, num_inference_steps=10))[0]
+    np.testing.assert_allclose(first.ram_tokens, first_again.ram_tokens)  # step 0 is sigma 1 for any schedule
+    assert not np.allclose(first.ram_tokens, later.ram_tokens)
+    with pytest.raises(ConfigError):
+        MethodConfig(timestep_index=10, num_inference_steps=10)

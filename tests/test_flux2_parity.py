@@ -81,3 +81,45 @@ def test_large_images_follow_the_pipeline_resize_rule(tiny_backbone):
     patch = tiny_backbone.patch
     assert geometry.crop[2] == expected.size[0] // patch * patch
     assert geometry.crop[3] == expected.size[1] // patch * patch
+
+
+def _all_transformer_calls(pipeline, image, prompt, seed, steps):
+    calls = []
+    transformer = pipeline.transformer
+    original_forward = transformer.forward
+
+    def capture(*args, **kwargs):
+        calls.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()})
+        return original_forward(*args, **kwargs)
+
+    transformer.forward = capture
+    try:
+        pipeline(image=image, prompt=prompt, num_inference_steps=steps,
+                 generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
+    finally:
+        del transformer.forward
+    return calls
+
+
+@pytest.mark.parametrize("distilled", [True, False])
+def test_later_timesteps_follow_the_pipelines_own_denoising(tiny_backbone, distilled):
+    """Probing at step k sees the same noisy tokens and timestep as the pipeline's k-th step."""
+    pipeline = tiny_backbone.pipeline
+    previous = pipeline.config.is_distilled
+    pipeline.register_to_config(is_distilled=distilled)
+    try:
+        image = Image.fromarray((np.random.default_rng(1).random((64, 72, 3)) * 255).astype(np.uint8))
+        instruction = "remove the blue star"
+        calls = _all_transformer_calls(pipeline, image, instruction, seed=4, steps=5)
+        per_step = 1 if distilled else 2  # undistilled: conditional then unconditional pass
+        assert len(calls) == 5 * per_step
+        prepared = tiny_backbone.prepare_image(load_image(image))
+        text = tiny_backbone.encode_text(["the blue star"], [instruction])
+        for step in (0, 3):
+            ours = tiny_backbone.step_inputs(prepared, text, seed=4, step_index=step, num_steps=5)
+            reference = calls[step * per_step]
+            torch.testing.assert_close(ours["timestep"], reference["timestep"])
+            torch.testing.assert_close(ours["hidden_states"], reference["hidden_states"], rtol=1e-5, atol=1e-5)
+        assert float(calls[0]["timestep"][0]) == 1.0 and float(calls[3 * per_step]["timestep"][0]) < 1.0
+    finally:
+        pipeline.register_to_config(is_distilled=previous)
