@@ -323,3 +323,246 @@ def test_probes_leave_output_unchanged_and_features_match(tiny_dit, fused):
         rows = layout.clean_in_image_stream if double else layout.clean
         torch.testing.assert_close(recorder.features[("block", index)], out[:, rows])
         torch.testing.assert_close(recorder.features[("adaln", index)], modulated[index][:, rows])
+
+
+# -- input preparation (tiny pipeline) ---------------------------------------------------------------
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from editseg.backbones.step1x import pipeline as step1x_pipeline  # noqa: E402
+from editseg.backbones.step1x.backbone import Step1XEditBackbone  # noqa: E402
+from editseg.backbones.step1x.pipeline import official_size, split_quoted, vlm_inputs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def step1x_backbone():
+    from editseg.backbones.step1x.tiny import build_tiny_step1x_pipeline
+
+    return Step1XEditBackbone(build_tiny_step1x_pipeline(seed=0), name="tiny-step1x", is_random=True)
+
+
+@pytest.fixture()
+def photo():
+    rng = np.random.default_rng(0)
+    return Image.fromarray((rng.random((50, 70, 3)) * 255).astype(np.uint8))
+
+
+def test_official_resize_rule_hand_computed():
+    # 640x480: w = ceil(sqrt(512² · 4/3)) = 592, h = ceil(592 / (4/3)) = 445 → floor16 → 432
+    assert official_size(640, 480) == (592, 432)
+    assert official_size(480, 640) == (432, 592)
+    assert official_size(512, 512) == (512, 512)
+    # 1000x300: w = ceil(934.8) = 935 → 928; h = ceil(280.5) = 281 → 272
+    assert official_size(1000, 300) == (928, 272)
+    assert official_size(70, 50, 64) == (64, 48)
+
+
+def test_image_preparation_vae_packing_and_position_ids(step1x_backbone, photo):
+    bb, pipe = step1x_backbone, step1x_backbone.pipeline
+    prepared = bb.prepare_image(photo)
+    geometry = prepared.geometry
+    assert geometry.resized_size == (64, 48) and geometry.crop == (0, 0, 64, 48)  # no crop
+    assert geometry.patch == 4 and geometry.grid == (12, 16)  # tiny VAE 2x down, 2x2 packing
+    latents = prepared.tensors["latents"]
+    assert latents.shape == (1, 12 * 16, 16)
+
+    resized = photo.resize((64, 48), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float()[None] / 255
+    with torch.no_grad():
+        z = pipe.vae.encode(x * 2 - 1).latent_dist.mode()
+    z = (z - 0.1159) * 0.3611
+    for r, c, ch, ph, pw in [(0, 0, 0, 0, 0), (3, 5, 2, 1, 0), (11, 15, 3, 1, 1), (7, 2, 1, 0, 1)]:
+        assert latents[0, r * 16 + c, ch * 4 + ph * 2 + pw] == pytest.approx(float(z[0, ch, 2 * r + ph, 2 * c + pw]), abs=1e-6)
+
+    text = bb.encode_text(["the dog", "a cat"], ["remove the dog", "remove a cat"])
+    inputs = bb.first_step_inputs(prepared, text, seed=3)
+    n = 12 * 16
+    assert inputs["img"].shape == (2, 2 * n, 16)
+    torch.testing.assert_close(inputs["img"][:, n:], latents.expand(2, -1, -1))
+    ids = inputs["img_ids"][0]
+    assert torch.equal(ids[:n], ids[n:])  # noisy and reference tokens share positions
+    assert ids[:n, 0].abs().sum() == 0
+    assert ids[17].tolist() == [0.0, 1.0, 1.0] and ids[n - 1].tolist() == [0.0, 11.0, 15.0]
+    assert inputs["txt_ids"].shape == (2, 640, 3) and inputs["txt_ids"].abs().sum() == 0
+    assert inputs["timesteps"].tolist() == [1.0, 1.0]
+    assert torch.equal(inputs["img"][0, :n], inputs["img"][1, :n])  # one noise draw for the batch
+    layout = bb.layout_for(prepared, text)
+    assert (layout.text_len, layout.noisy_len, layout.clean_len) == (640, n, n)
+
+
+def test_quote_splitting_hand_computed():
+    text = "x" * 160 + 'a "bc" d'
+    pieces = split_quoted(text)
+    assert [p.text for p in pieces] == ["x" * 160 + 'a "', "“b”", "“c”", '" d']
+    assert [p.start for p in pieces] == [0, 163, 164, 165]
+    assert [p.char for p in pieces] == [False, True, True, False]
+    # before position 156 quotes are ordinary text; apostrophes count as double quotes after it
+    assert [p.text for p in split_quoted('say "hi"')] == ['say "hi"']
+    assert [p.text for p in split_quoted("y" * 156 + "'z")][:2] == ["y" * 156 + '"', "“z”"]
+
+
+def test_vlm_input_matches_processor_and_token_counts(step1x_backbone, photo):
+    bb, pipe = step1x_backbone, step1x_backbone.pipeline
+    prepared = bb.prepare_image(photo)
+    view = prepared.tensors["vlm_image"]
+    # 64x48 → qwen-vl-utils: round(64/28)·28 = 56, round(48/28)·28 = 56; 56² = 3136 = its minimum area
+    assert view.size == (56, 56)
+    inputs = vlm_inputs(pipe.processor, "remove the dog", view)
+    plain = pipe.processor(text=[inputs.text], images=[view], padding=True, return_tensors="pt")
+    assert torch.equal(inputs.input_ids, plain["input_ids"])  # no quotes: piecewise tokens == plain tokens
+    tokenizer = pipe.processor.tokenizer
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((inputs.input_ids == pad).sum()) == int(inputs.image_grid_thw.prod()) // 4
+    assert torch.equal(inputs.attention_mask, (inputs.input_ids > 0).long())
+    assert inputs.text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert "User Prompt:Picture 1: <|vision_start|><|image_pad|><|vision_end|>remove the dog<|im_end|>\n<|im_start|>assistant\n" in inputs.text
+    # an apostrophe opens a "quote": the rest is tokenised one character at a time, as officially
+    quoted = vlm_inputs(pipe.processor, "remove the man's hat", view)
+    assert quoted.input_ids.shape[1] > vlm_inputs(pipe.processor, "remove the mans hat", view).input_ids.shape[1]
+
+    text = bb.encode_text(["the dog"], ["remove the dog"])
+    length = inputs.input_ids.shape[1] - pipe.drop_tokens
+    assert int(text.tensors["mask"].sum()) == length and text.tensors["embeds"].shape == (1, 640, 32)
+    assert text.tensors["embeds"][0, length:].abs().sum() == 0  # zero padding
+    with torch.no_grad():
+        hidden = pipe.text_encoder(
+            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, pixel_values=inputs.pixel_values,
+            image_grid_thw=inputs.image_grid_thw, output_hidden_states=True,
+        ).hidden_states[-1]
+    torch.testing.assert_close(text.tensors["embeds"][0, :length], hidden[0, pipe.drop_tokens :])
+
+
+@pytest.mark.parametrize("expression", ["the dog", "the man on the left", "a big zebra"])
+def test_expression_token_indices_decode_to_the_expression(step1x_backbone, photo, expression):
+    bb = step1x_backbone
+    bb.prepare_image(photo)
+    prompt = bb.encode_text([expression], [f"remove {expression}"]).prompts[0]
+    indices = prompt.indices("expression")
+    tokenizer = bb.pipeline.processor.tokenizer
+    # word-aligned: a stand-alone space token of the tiny BPE between two words belongs to neither
+    squeeze = "".join
+    assert squeeze(tokenizer.decode([prompt.input_ids[i] for i in indices]).split()) == squeeze(expression.split())
+    assert squeeze("".join(prompt.token_strings(indices)).split()) == squeeze(expression.split())
+    assert prompt.text[prompt.offsets[indices[0]][0] : prompt.offsets[indices[-1]][1]].strip() == expression
+    assert max(indices) < prompt.num_real_tokens <= 640
+
+
+def test_probe_forward_and_segmenter_end_to_end(step1x_backbone, photo):
+    from editseg import MethodConfig, Segmenter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        segmenter = Segmenter(step1x_backbone, batch_size=2)
+    results = segmenter.segment(photo, ["the dog", "a cat on the left", "zebra"])
+    assert len(results) == 3
+    for result in results:
+        assert result.mask.shape == (50, 70) and result.cam.shape == (50, 70)
+        assert result.cam_tokens.shape == (12, 16)
+        assert result.config["feature_block"] == step1x_backbone.default_feature_block
+    one = segmenter.segment(photo, "zebra", MethodConfig(attention_blocks="single", feature_site="block", feature_block=1))
+    assert one.prompt_tokens and "".join(one.prompt_tokens).strip() == "zebra"
+
+
+def test_default_feature_block_is_the_papers():
+    class Fake(Step1XEditBackbone):
+        def __init__(self, double, single):
+            self.num_double_blocks, self.num_single_blocks = double, single
+
+    assert Fake(19, 38).default_feature_block == 40
+    assert Fake(2, 3).default_feature_block == 4
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def _to_diffusers_names(sd, cfg):
+    """The diffusers-format names of an official-named state dict (as the v1p1 conversion writes them)."""
+    out = {}
+    for old, new in [("time_in.in_layer", "time_embed.in_layer"), ("time_in.out_layer", "time_embed.out_layer"),
+                     ("vector_in.in_layer", "vec_embed.in_layer"), ("vector_in.out_layer", "vec_embed.out_layer"),
+                     ("txt_in", "context_embedder"), ("img_in", "x_embedder"), ("final_layer.linear", "proj_out")]:
+        for p in ("weight", "bias"):
+            out[f"{new}.{p}"] = sd[f"{old}.{p}"]
+    for p in ("weight", "bias"):
+        shift, scale = sd[f"final_layer.adaLN_modulation.1.{p}"].chunk(2)
+        out[f"norm_out.linear.{p}"] = torch.cat([scale, shift])
+    D = cfg.hidden_size
+    for i in range(cfg.depth):
+        o, n = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        for p in ("weight", "bias"):
+            out[f"{n}norm1.linear.{p}"] = sd[f"{o}img_mod.lin.{p}"]
+            out[f"{n}norm1_context.linear.{p}"] = sd[f"{o}txt_mod.lin.{p}"]
+            for x, part in zip("qkv", sd[f"{o}img_attn.qkv.{p}"].split(D)):
+                out[f"{n}attn.to_{x}.{p}"] = part
+            for x, part in zip("qkv", sd[f"{o}txt_attn.qkv.{p}"].split(D)):
+                out[f"{n}attn.add_{x}_proj.{p}"] = part
+            out[f"{n}attn.to_out.0.{p}"] = sd[f"{o}img_attn.proj.{p}"]
+            out[f"{n}attn.to_add_out.{p}"] = sd[f"{o}txt_attn.proj.{p}"]
+            out[f"{n}ff.net.0.proj.{p}"] = sd[f"{o}img_mlp.0.{p}"]
+            out[f"{n}ff.net.2.{p}"] = sd[f"{o}img_mlp.2.{p}"]
+            out[f"{n}ff_context.net.0.proj.{p}"] = sd[f"{o}txt_mlp.0.{p}"]
+            out[f"{n}ff_context.net.2.{p}"] = sd[f"{o}txt_mlp.2.{p}"]
+        out[f"{n}attn.norm_q.weight"] = sd[f"{o}img_attn.norm.query_norm.scale"]
+        out[f"{n}attn.norm_k.weight"] = sd[f"{o}img_attn.norm.key_norm.scale"]
+        out[f"{n}attn.norm_added_q.weight"] = sd[f"{o}txt_attn.norm.query_norm.scale"]
+        out[f"{n}attn.norm_added_k.weight"] = sd[f"{o}txt_attn.norm.key_norm.scale"]
+    for i in range(cfg.depth_single_blocks):
+        o, n = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        for p in ("weight", "bias"):
+            out[f"{n}norm.linear.{p}"] = sd[f"{o}modulation.lin.{p}"]
+            q, k, v, mlp = sd[f"{o}linear1.{p}"].split([D, D, D, int(D * cfg.mlp_ratio)])
+            out[f"{n}attn.to_q.{p}"], out[f"{n}attn.to_k.{p}"], out[f"{n}attn.to_v.{p}"] = q, k, v
+            out[f"{n}proj_mlp.{p}"] = mlp
+            out[f"{n}proj_out.{p}"] = sd[f"{o}linear2.{p}"]
+        out[f"{n}attn.norm_q.weight"] = sd[f"{o}norm.query_norm.scale"]
+        out[f"{n}attn.norm_k.weight"] = sd[f"{o}norm.key_norm.scale"]
+    out.update({k: v for k, v in sd.items() if k.startswith("connector.")})
+    return out
+
+
+def test_official_checkpoint_keys_round_trip(tmp_path, tiny_dit):
+    from safetensors.torch import load_file, save_file
+
+    from editseg.backbones import step1x
+
+    state = {k: v.contiguous() for k, v in tiny_dit.state_dict().items()}
+    assert "double_blocks.0.img_attn.qkv.weight" in state and "connector.S.input_embedder.weight" in state
+    assert "single_blocks.2.linear1.weight" in state and "final_layer.adaLN_modulation.1.weight" in state
+    save_file(state, tmp_path / step1x_pipeline.DIT_FILENAME)
+    assert step1x.claims(str(tmp_path))
+    loaded = step1x_pipeline.dit_from_state_dict(load_file(tmp_path / step1x_pipeline.DIT_FILENAME), TINY, torch.float32)
+    inputs = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs), tiny_dit(**inputs))
+    with pytest.raises(ValueError, match="missing"):
+        step1x_pipeline.dit_from_state_dict({k: v for k, v in state.items() if "txt_in" not in k}, TINY, torch.float32)
+    with pytest.raises(OSError):  # no vae.safetensors in the folder
+        step1x.load_pipeline(str(tmp_path), torch.float32, local_files_only=True)
+
+
+def test_diffusers_format_keys_map_back(tiny_dit):
+    cfg = Step1XConfig(**{**TINY.__dict__, "pooled_scale": False})
+    model = _randomised(Step1XEditDiT(cfg), seed=5)
+    diffusers_state = _to_diffusers_names(model.state_dict(), cfg)
+    assert "transformer_blocks.1.attn.add_k_proj.weight" in diffusers_state
+    config = step1x_pipeline.config_from_diffusers({
+        "num_layers": 2, "num_single_layers": 3, "attention_head_dim": 16, "num_attention_heads": 2,
+        "joint_attention_dim": 24, "in_channels": 16, "vector_in_dim": 8, "connector_in_channels": 20,
+        "connector_hidden_size": 24, "connector_heads_num": 2, "connector_depth": 2, "axes_dims_rope": [4, 6, 6],
+    })
+    assert config == cfg
+    mapped = step1x_pipeline.diffusers_to_official(diffusers_state, cfg.depth, cfg.depth_single_blocks)
+    loaded = step1x_pipeline.dit_from_state_dict(mapped, cfg, torch.float32)
+    inputs = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs), model(**inputs))
+    with pytest.raises(ValueError, match="text-token mapping"):
+        step1x_pipeline.config_from_diffusers({"enable_text_token_mapping": True})
+
+
+def test_registry_knows_step1x():
+    from editseg.backbones import aliases, known_models
+
+    assert aliases()["step1x-edit"] == "stepfun-ai/Step1X-Edit"
+    assert aliases()["step1x-edit-v1p1"] == "stepfun-ai/Step1X-Edit-v1p1-diffusers"
+    assert "planned" not in known_models()["step1x-edit"]
