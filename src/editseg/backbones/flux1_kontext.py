@@ -1,0 +1,407 @@
+"""FLUX.1 Kontext [dev] through diffusers' ``FluxKontextPipeline`` / ``FluxTransformer2DModel``.
+
+Facts read from diffusers 0.42.1 (``pipelines/flux/pipeline_flux_kontext.py``,
+``models/transformers/transformer_flux.py``):
+
+- 19 double-stream + 38 single-stream blocks (3072 wide, 24 heads of 128); one processor class,
+  ``FluxAttnProcessor``, for both kinds; no attention mask.
+- Text: the instruction as is (no template), T5-XXL last hidden state over 512 tokens padded
+  with ``<pad>`` (``</s>`` after the prompt, no mask given to T5 or the transformer), plus the
+  CLIP-L pooled output (77 tokens) as ``pooled_projections``; ``txt_ids`` are zeros (512, 3).
+- Reference image: its size is floored to multiples of 16, its aspect snapped to the nearest of
+  ``PREFERRED_KONTEXT_RESOLUTIONS`` (``_auto_resize=True``, ~1 MP buckets; a plain resize, not a
+  crop), normalised to [-1, 1], VAE-encoded in "argmax" mode, ``(z - shift_factor) * scaling_factor``,
+  packed 2x2 (``_pack_latents``); its ids are ``(1, row, col)``, the noisy tokens' ``(0, row, col)``.
+- Joint sequence ``[text (512) | noisy | reference]``; the transformer is called with
+  ``timestep = sigma = t / 1000`` (1.0 at the first step: ``sigmas = [1.0]`` is unchanged by the
+  dynamic shift) and ``guidance = full([B], guidance_scale)`` (float32; default 3.5) at every step.
+- The noisy canvas: ``pipe(image, prompt)`` with no size builds a 1024x1024 canvas whatever the
+  reference's aspect (``height = width = default_sample_size * vae_scale_factor`` then fitted to
+  ``max_area``). BFL's reference sampler (``flux/sampling.py: prepare_kontext``) instead makes the
+  canvas the reference's size. Default here: ``noisy_canvas="reference"`` (identical to
+  ``pipe(image, prompt, height=h, width=w, max_area=h * w)`` with ``(w, h)`` the reference size);
+  ``noisy_canvas="pipeline"`` reproduces the pipeline's bare default.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
+from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+from PIL import Image
+
+from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
+from ..geometry import ImageGeometry
+from ..probes import ProbePlan, ProbeRecorder, TokenLayout
+from ..text import align_prompt
+from .base import Backbone, EncodedText, PreparedImage
+
+MAX_SEQUENCE_LENGTH = 512  # the pipeline's default (and maximum) T5 length
+MAX_AREA = 1024 * 1024  # the pipeline's default ``max_area`` for the generated canvas
+DEFAULT_GUIDANCE_SCALE = 3.5  # ``FluxKontextPipeline.__call__`` default (BFL's own CLI uses 2.5)
+FEATURE_BLOCK = 40  # paper: l' = 40 of 57 on Step1X-Edit, whose DiT has the same 19 + 38 layout
+NOISY_CANVASES = ("reference", "pipeline")
+
+
+class FluxKontextProbeProcessor:
+    """``FluxAttnProcessor`` plus probes, for double-stream (text given) and single-stream blocks.
+
+    q, k, v, QK-norm and RoPE exactly as the original; the attention itself goes through
+    ``ProbeRecorder.attend`` with diffusers' ``dispatch_attention_fn`` (the processor's backend).
+    """
+
+    def __init__(self, block: int, recorder: ProbeRecorder, original: FluxAttnProcessor) -> None:
+        self.block = block
+        self.recorder = recorder
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        layout = self.recorder.layout
+        # Double-stream blocks see the image stream [noisy | ref]; single-stream ones [text | noisy | ref].
+        rows = layout.clean_in_image_stream if encoder_hidden_states is not None else layout.clean
+        self.recorder.record_feature("adaln", self.block, hidden_states[:, rows])
+        query, key, value, enc_query, enc_key, enc_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:
+            enc_query, enc_key, enc_value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (enc_query, enc_key, enc_value))
+            enc_query, enc_key = attn.norm_added_q(enc_query), attn.norm_added_k(enc_key)
+            query = torch.cat([enc_query, query], dim=1)
+            key = torch.cat([enc_key, key], dim=1)
+            value = torch.cat([enc_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        def attend(q, k, v, scale):
+            return dispatch_attention_fn(
+                q,
+                k,
+                v,
+                attn_mask=attention_mask,
+                scale=scale,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+
+        out = self.recorder.attend(self.block, query, key, value, attend, attn_mask=attention_mask)
+        out = out.flatten(2, 3).to(query.dtype)
+        self.recorder.record_feature("attn", self.block, out[:, layout.clean])
+
+        if encoder_hidden_states is None:
+            return out
+        text_len = encoder_hidden_states.shape[1]
+        context_out, image_out = out.split_with_sizes([text_len, out.shape[1] - text_len], dim=1)
+        image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
+        return image_out, attn.to_add_out(context_out.contiguous())
+
+
+@contextmanager
+def probes_installed(transformer, recorder: ProbeRecorder) -> Iterator[None]:
+    """Swap every block's attention processor for a probing one (and hook block outputs) for one forward."""
+    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+    rows = recorder.layout.clean_in_image_stream  # both block kinds return (text, [noisy | ref])
+    originals = []
+    hooks = []
+    try:
+        for index, block in enumerate(blocks):
+            original = block.attn.processor
+            if type(original) is not FluxAttnProcessor:
+                raise UnsupportedModelError(
+                    f"Block {index} uses attention processor {type(original).__name__}; editseg probes replace "
+                    "FluxAttnProcessor only (unload IP-Adapters or custom processors first)."
+                )
+            originals.append((block.attn, original))
+            block.attn.processor = FluxKontextProbeProcessor(index, recorder, original)
+            if recorder.wants_feature("block", index):
+                hooks.append(block.register_forward_hook(_block_output_hook(recorder, index, rows)))
+        yield
+    finally:
+        for attn, original in originals:
+            attn.processor = original
+        for hook in hooks:
+            hook.remove()
+
+
+def _block_output_hook(recorder: ProbeRecorder, index: int, rows: slice):
+    def hook(module, inputs, output):
+        recorder.record_feature("block", index, output[1][:, rows])
+
+    return hook
+
+
+def fit_to_area(width: int, height: int, max_area: int, multiple_of: int) -> tuple[int, int]:
+    """The pipeline's rule for the generated canvas: keep the aspect of ``(width, height)``, scale
+    to ``max_area`` pixels, floor each side to ``multiple_of``."""
+    aspect_ratio = width / height
+    fitted_w = round((max_area * aspect_ratio) ** 0.5)
+    fitted_h = round((max_area / aspect_ratio) ** 0.5)
+    return fitted_w // multiple_of * multiple_of, fitted_h // multiple_of * multiple_of
+
+
+def preferred_resolution(width: int, height: int) -> tuple[int, int]:
+    """The Kontext training bucket (width, height) nearest in aspect ratio (the pipeline's ``_auto_resize``)."""
+    aspect_ratio = width / height
+    _, best_w, best_h = min((abs(aspect_ratio - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS)
+    return best_w, best_h
+
+
+class FluxKontextBackbone(Backbone):
+    """FLUX.1 Kontext around a loaded ``FluxKontextPipeline`` (real weights or a tiny random model).
+
+    ``guidance_scale``: the embedded guidance (pipeline default 3.5). ``auto_resize``: snap the
+    reference to the preferred Kontext resolutions as the pipeline does (default True).
+    ``noisy_canvas``: ``"reference"`` (noisy grid = reference grid) or ``"pipeline"`` (the
+    pipeline's default canvas: 1024x1024, i.e. ``max_area`` pixels, whatever the reference);
+    see the module docstring.
+    """
+
+    def __init__(
+        self,
+        pipeline,
+        name: str,
+        is_random: bool = False,
+        default_max_side: int | None = None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        auto_resize: bool = True,
+        noisy_canvas: str = "reference",
+        max_area: int = MAX_AREA,
+    ):
+        if noisy_canvas not in NOISY_CANVASES:
+            raise ValueError(f"noisy_canvas must be one of {NOISY_CANVASES}, got {noisy_canvas!r}")
+        self.pipeline = pipeline
+        self.name = name
+        self.is_random = is_random
+        self.default_max_side = default_max_side
+        self.guidance_scale = guidance_scale
+        self.auto_resize = auto_resize
+        self.noisy_canvas = noisy_canvas
+        self.max_area = max_area
+        transformer = pipeline.transformer
+        self.num_double_blocks = len(transformer.transformer_blocks)
+        self.num_single_blocks = len(transformer.single_transformer_blocks)
+        self.patch = pipeline.vae_scale_factor * 2  # pixels per token side (16 for the real VAE)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.transformer.dtype
+
+    @property
+    def default_feature_block(self) -> int:
+        """l' = 40 (0-based, global: double-stream blocks 0-18, single-stream 19-56). The paper uses
+        40 of 57 for Step1X-Edit, whose DiT is FLUX.1's 19 + 38 layout; other depths keep 40/57."""
+        if self.num_blocks == 57:
+            return FEATURE_BLOCK
+        return min(self.num_blocks - 1, round(self.num_blocks * FEATURE_BLOCK / 57))
+
+    # -- image ---------------------------------------------------------------------------------
+    def preprocess_geometry(self, size: tuple[int, int], max_side: int | None = None) -> ImageGeometry:
+        """The pipeline's rule: floor the size to multiples of 16, snap the aspect to the nearest
+        preferred Kontext resolution (``auto_resize``), resize (no crop). ``max_side`` (ours,
+        optional) then shrinks the result so that its longer side is at most ``max_side``
+        (aspect kept, sides floored to multiples of 16)."""
+        m = self.patch
+        width, height = (side - side % m for side in size)  # get_default_height_width
+        if width <= 0 or height <= 0:
+            raise ImageLoadError(f"{self.name} needs images of at least {m}x{m} pixels; got {size[0]}x{size[1]}.")
+        if self.auto_resize:
+            width, height = preferred_resolution(width, height)
+        width, height = width // m * m, height // m * m
+        if max_side is not None and max(width, height) > max_side:
+            scale = max_side / max(width, height)
+            width = max(m, int(width * scale) // m * m)
+            height = max(m, int(height * scale) // m * m)
+        return ImageGeometry(input_size=size, resized_size=(width, height), crop=(0, 0, width, height), patch=m)
+
+    def prepare_image(self, image: Image.Image, max_side: int | None = None) -> PreparedImage:
+        pipe = self.pipeline
+        processor = pipe.image_processor
+        geometry = self.preprocess_geometry(image.size, max_side or self.default_max_side)
+        width, height = geometry.resized_size
+        resized = processor.resize(image, height, width)
+        pixels = processor.preprocess(resized, height, width)
+        dtype = pipe.text_encoder_2.dtype  # the pipeline encodes the image in prompt_embeds.dtype
+        with torch.no_grad():
+            _, latents, _, ids = pipe.prepare_latents(
+                pixels,
+                1,
+                pipe.transformer.config.in_channels // 4,
+                height,
+                width,
+                dtype,
+                self.device,
+                torch.Generator("cpu").manual_seed(0),  # unused for the image: the VAE is read in "argmax" mode
+            )
+        return PreparedImage(geometry=geometry, tensors={"latents": latents, "ids": ids, "pixels": pixels})
+
+    def canvas_size(self, geometry: ImageGeometry) -> tuple[int, int]:
+        """(width, height) in pixels of the noisy canvas (see ``noisy_canvas``)."""
+        if self.noisy_canvas == "pipeline":
+            side = self.pipeline.default_sample_size * self.pipeline.vae_scale_factor
+            return fit_to_area(side, side, self.max_area, self.patch)
+        width, height = geometry.resized_size
+        return fit_to_area(width, height, width * height, self.patch)
+
+    # -- text ----------------------------------------------------------------------------------
+    def encode_text(self, expressions: Sequence[str], instructions: Sequence[str]) -> EncodedText:
+        """T5 embeddings (512 tokens), CLIP pooled embedding and text ids via the pipeline's
+        ``encode_prompt``; token offsets from the same T5 tokenisation."""
+        pipe = self.pipeline
+        tokenizer = pipe.tokenizer_2
+        texts = list(instructions)
+        full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        for expression, length in zip(expressions, full_lengths):
+            if length > MAX_SEQUENCE_LENGTH:
+                raise ExpressionError(
+                    f"Expression too long: its instruction needs {length} T5 tokens, "
+                    f"{self.name} reads at most {MAX_SEQUENCE_LENGTH}. Shorten it: {expression[:80]!r}..."
+                )
+        encoded = tokenizer(
+            texts,
+            padding="max_length",
+            max_length=MAX_SEQUENCE_LENGTH,
+            truncation=True,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        prompts = [
+            align_prompt(expression, instruction, text, ids, offsets, int(mask.sum()))
+            for expression, instruction, text, ids, offsets, mask in zip(
+                expressions, instructions, texts, encoded["input_ids"], encoded["offset_mapping"], encoded["attention_mask"]
+            )
+        ]
+        with torch.no_grad():  # as in the pipeline's __call__ (grad mode changes kernels, hence rounding)
+            embeds, pooled, text_ids = pipe.encode_prompt(
+                prompt=texts, prompt_2=None, device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH
+            )
+        return EncodedText(prompts=prompts, tensors={"embeds": embeds, "pooled": pooled, "ids": text_ids})
+
+    # -- forward -------------------------------------------------------------------------------
+    def first_step_inputs(self, image: PreparedImage, text: EncodedText, seed: int) -> dict:
+        """The transformer's keyword arguments at the first denoising step (sigma 1, timestep 1000)."""
+        pipe = self.pipeline
+        embeds = text.tensors["embeds"]
+        batch = embeds.shape[0]
+        canvas_w, canvas_h = self.canvas_size(image.geometry)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        # One noise draw shared by the batch: an expression's result must not depend on its batch.
+        noise, _, noise_ids, _ = pipe.prepare_latents(
+            None,
+            1,
+            pipe.transformer.config.in_channels // 4,
+            canvas_h,
+            canvas_w,
+            embeds.dtype,
+            self.device,
+            generator,
+        )
+        clean = image.tensors["latents"].to(noise.device, noise.dtype)
+        hidden = torch.cat([noise, clean], dim=1).expand(batch, -1, -1)
+        ids = torch.cat([noise_ids, image.tensors["ids"].to(noise_ids.device)], dim=0)
+        timestep = torch.full((batch,), 1000.0, device=noise.device).to(noise.dtype) / 1000
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            guidance = torch.full([1], self.guidance_scale, device=noise.device, dtype=torch.float32).expand(batch)
+        return {
+            "hidden_states": hidden,
+            "timestep": timestep,
+            "guidance": guidance,
+            "pooled_projections": text.tensors["pooled"],
+            "encoder_hidden_states": embeds,
+            "txt_ids": text.tensors["ids"],
+            "img_ids": ids,
+        }
+
+    def step_inputs(
+        self, image: PreparedImage, text: EncodedText, seed: int, step_index: int = 0, num_steps: int = 28
+    ) -> dict:
+        """Transformer kwargs at step ``step_index`` of a ``num_steps`` schedule.
+
+        Step 0 is :meth:`first_step_inputs`. Later steps first denoise with the pipeline's own
+        sampler: sigmas ``linspace(1, 1/n, n)`` shifted by ``mu = calculate_shift(noisy tokens)``,
+        flow-match Euler, embedded guidance only (Kontext [dev] is guidance-distilled; the
+        pipeline's true CFG needs a negative prompt and is off by default).
+        """
+        inputs = self.first_step_inputs(image, text, seed)
+        if step_index == 0:
+            return inputs
+        from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift, retrieve_timesteps
+
+        pipe = self.pipeline
+        config = pipe.scheduler.config
+        scheduler = type(pipe.scheduler).from_config(config)
+        layout = self.layout_for(image, text)
+        mu = calculate_shift(
+            layout.noisy_len,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+        timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
+        scheduler.set_begin_index(0)
+        latents = inputs["hidden_states"][:, : layout.noisy_len].clone()
+        clean = inputs["hidden_states"][:, layout.noisy_len :]
+        batch = latents.shape[0]
+        with torch.inference_mode():
+            for t in timesteps[:step_index]:
+                step = dict(inputs, hidden_states=torch.cat([latents, clean], dim=1))
+                step["timestep"] = t.expand(batch).to(latents.dtype) / 1000
+                velocity = pipe.transformer(**step, return_dict=False)[0][:, : layout.noisy_len]
+                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        inputs["hidden_states"] = torch.cat([latents, clean], dim=1)
+        inputs["timestep"] = timesteps[step_index].expand(batch).to(latents.dtype) / 1000
+        return inputs
+
+    def layout_for(self, image: PreparedImage, text: EncodedText) -> TokenLayout:
+        canvas_w, canvas_h = self.canvas_size(image.geometry)
+        noisy = (canvas_h // self.patch) * (canvas_w // self.patch)
+        clean = image.tensors["latents"].shape[1]
+        return TokenLayout(text_len=text.text_len, noisy_len=noisy, clean_len=clean, grid=image.geometry.grid)
+
+    def probe_forward(
+        self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28
+    ) -> ProbeRecorder:
+        """One transformer forward with probes installed, at step ``step_index`` of a ``num_steps``
+        schedule (0, the default and the paper's choice: the first step, sigma 1)."""
+        recorder = ProbeRecorder(plan)
+        inputs = self.step_inputs(image, text, seed, step_index, num_steps)
+        with torch.inference_mode(), probes_installed(self.pipeline.transformer, recorder):
+            self.pipeline.transformer(**inputs, return_dict=False)
+        return recorder
+
+
+ALIASES = {"flux1-kontext": "black-forest-labs/FLUX.1-Kontext-dev"}
+PIPELINE_CLASS_NAMES = ("FluxKontextPipeline",)
+WEIGHTS_HINT = (
+    "FLUX.1 Kontext [dev] weights are gated on the Hugging Face hub (FLUX.1 [dev] Non-Commercial License): "
+    "accept the licence on the model page and log in (`hf auth login`), or copy the weights from a machine "
+    "that has them."
+)
+
+
+def check_source(source: str) -> None:
+    """Every ``FluxKontextPipeline`` checkpoint can be served."""
+
+
+def load_pipeline(source: str, dtype: torch.dtype):
+    """``FluxKontextPipeline.from_pretrained`` (raises OSError/ValueError when weights are missing)."""
+    from diffusers import FluxKontextPipeline
+
+    return FluxKontextPipeline.from_pretrained(source, dtype=dtype)
+
+
+def make_backbone(pipeline, name: str) -> FluxKontextBackbone:
+    return FluxKontextBackbone(pipeline, name=name)
