@@ -28,9 +28,9 @@ from .base import Backbone, EncodedText, PreparedImage
 
 TINY_RANDOM = "tiny-random-flux2"
 TINY_MAX_SIDE = 128
-FAMILY_MODULES = ["editseg.backbones.flux2", "editseg.backbones.flux1_kontext", "editseg.backbones.qwen_image_edit"]
+FAMILY_MODULES = ["editseg.backbones.flux2", "editseg.backbones.qwen_image_edit", "editseg.backbones.step1x"]
 PLANNED = {
-    "step1x-edit": "Step1X-Edit",
+    "flux1-kontext": "FLUX.1 Kontext",
 }
 OFFLOAD_MODES = ("none", "model", "sequential")
 
