@@ -28,10 +28,8 @@ from .base import Backbone, EncodedText, PreparedImage
 
 TINY_RANDOM = "tiny-random-flux2"
 TINY_MAX_SIDE = 128
-FAMILY_MODULES = ["editseg.backbones.flux2", "editseg.backbones.qwen_image_edit", "editseg.backbones.step1x"]
-PLANNED = {
-    "flux1-kontext": "FLUX.1 Kontext",
-}
+FAMILY_MODULES = ["editseg.backbones.flux2", "editseg.backbones.flux1_kontext", "editseg.backbones.qwen_image_edit", "editseg.backbones.step1x"]
+PLANNED: dict[str, str] = {}
 OFFLOAD_MODES = ("none", "model", "sequential")
 
 __all__ = ["Backbone", "EncodedText", "PreparedImage", "load_backbone", "resolve_model_source", "known_models"]
