@@ -421,6 +421,17 @@ def _file(source: str, filename: str, local_files_only: bool) -> str:
     return hf_hub_download(source, filename, local_files_only=local_files_only)
 
 
+def load_processor(source: str, local_files_only: bool = False):
+    """The Qwen2.5-VL processor with the official pixel bounds (256..324 × 28²) and the PIL image
+    backend (the official environment, transformers 4.49, used the PIL "slow" processor)."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    kwargs = {"min_pixels": VLM_MIN_PIXELS, "max_pixels": VLM_MAX_PIXELS, "local_files_only": local_files_only}
+    processor = AutoProcessor.from_pretrained(source, **kwargs)
+    processor.image_processor = AutoImageProcessor.from_pretrained(source, backend="pil", **kwargs)
+    return processor
+
+
 def is_diffusers_layout(source: str) -> bool:
     return (Path(source).expanduser() / "model_index.json").is_file()
 
@@ -432,7 +443,7 @@ def load_official(source: str, dtype: torch.dtype, local_files_only: bool = Fals
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     from safetensors.torch import load_file
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from .model import Step1XConfig
 
@@ -445,13 +456,11 @@ def load_official(source: str, dtype: torch.dtype, local_files_only: bool = Fals
     vae_config = flux_vae_config()
     vae = AutoencoderKL(**vae_config)
     vae.load_state_dict(convert_ldm_vae_checkpoint(load_file(vae_path), vae_config), strict=True)
-    vae = vae.to(dtype).eval()
+    vae = vae.eval()  # float32, as the official code keeps its autoencoder
     text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         qwen_source, dtype=dtype, local_files_only=local_files_only
     ).eval()
-    processor = AutoProcessor.from_pretrained(
-        qwen_source, min_pixels=VLM_MIN_PIXELS, max_pixels=VLM_MAX_PIXELS, backend="pil", local_files_only=local_files_only
-    )
+    processor = load_processor(qwen_source, local_files_only=local_files_only)
     return Step1XPipeline(vae=vae, text_encoder=text_encoder, processor=processor, transformer=transformer)
 
 
@@ -460,7 +469,7 @@ def load_diffusers_format(source: str, dtype: torch.dtype, local_files_only: boo
     ``processor/``); the transformer's keys are mapped back to the official names."""
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     root = Path(source).expanduser()
     if not root.is_dir():
@@ -475,9 +484,7 @@ def load_diffusers_format(source: str, dtype: torch.dtype, local_files_only: boo
         raise OSError(f"no transformer weights in {root / 'transformer'}")
     state = diffusers_to_official(state, config.depth, config.depth_single_blocks)
     transformer = dit_from_state_dict(state, config, dtype)
-    vae = AutoencoderKL.from_pretrained(str(root / "vae"), dtype=dtype).eval()
+    vae = AutoencoderKL.from_pretrained(str(root / "vae"), dtype=torch.float32).eval()
     text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(root / "text_encoder"), dtype=dtype).eval()
-    processor = AutoProcessor.from_pretrained(
-        str(root / "processor"), min_pixels=VLM_MIN_PIXELS, max_pixels=VLM_MAX_PIXELS, backend="pil"
-    )
+    processor = load_processor(str(root / "processor"))
     return Step1XPipeline(vae=vae, text_encoder=text_encoder, processor=processor, transformer=transformer)
