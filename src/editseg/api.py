@@ -186,7 +186,7 @@ class Segmenter:
         instructions = [self.instruction_for(e, head) for e in expressions]
         with self._memory_guard(), torch.inference_mode():
             start = time.perf_counter()
-            text = backbone.encode_text(expressions, instructions)
+            text = backbone.encode_text(expressions, instructions, image=image)
             text_seconds = _elapsed(start, device)
 
             token_sets = [p.indices(head.prompt_tokens) for p in text.prompts]

@@ -82,8 +82,12 @@ class Backbone(ABC):
         that many pixels; masks are still returned at the input resolution."""
 
     @abstractmethod
-    def encode_text(self, expressions: Sequence[str], instructions: Sequence[str]) -> EncodedText:
-        """Encode instructions exactly as the model's pipeline does and map words to tokens."""
+    def encode_text(
+        self, expressions: Sequence[str], instructions: Sequence[str], image: PreparedImage | None = None
+    ) -> EncodedText:
+        """Encode instructions exactly as the model's pipeline does and map words to tokens.
+
+        ``image`` is the prepared image, for text encoders that see it (Qwen2.5-VL); others ignore it."""
 
     @abstractmethod
     def probe_forward(

@@ -254,7 +254,9 @@ class FluxKontextBackbone(Backbone):
         return fit_to_area(width, height, width * height, self.patch)
 
     # -- text ----------------------------------------------------------------------------------
-    def encode_text(self, expressions: Sequence[str], instructions: Sequence[str]) -> EncodedText:
+    def encode_text(
+        self, expressions: Sequence[str], instructions: Sequence[str], image: PreparedImage | None = None
+    ) -> EncodedText:
         """T5 embeddings (512 tokens), CLIP pooled embedding and text ids via the pipeline's
         ``encode_prompt``; token offsets from the same T5 tokenisation."""
         pipe = self.pipeline

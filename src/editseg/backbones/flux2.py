@@ -245,7 +245,15 @@ class Flux2KleinBackbone(Backbone):
             enable_thinking=False,
         )
 
-    def encode_text(self, expressions: Sequence[str], instructions: Sequence[str], align: bool = True) -> EncodedText:
+    def encode_text(
+        self,
+        expressions: Sequence[str],
+        instructions: Sequence[str],
+        image: PreparedImage | None = None,
+        align: bool = True,
+    ) -> EncodedText:
+        """Qwen3 chat template, 512 padded tokens, hidden layers 9/18/27 (the text encoder does not
+        see the image, so ``image`` is unused); ``align=False`` skips the word→token map."""
         pipe = self.pipeline
         tokenizer = pipe.tokenizer
         texts = [self.chat_text(instruction) for instruction in instructions]
