@@ -566,3 +566,16 @@ def test_registry_knows_step1x():
     assert aliases()["step1x-edit"] == "stepfun-ai/Step1X-Edit"
     assert aliases()["step1x-edit-v1p1"] == "stepfun-ai/Step1X-Edit-v1p1-diffusers"
     assert "planned" not in known_models()["step1x-edit"]
+
+
+def test_apostrophe_expressions_still_map_to_their_characters(step1x_backbone, photo):
+    """After an apostrophe the official code tokenises one character per piece; the map survives."""
+    bb = step1x_backbone
+    bb.prepare_image(photo)
+    expression = "the man's hat"
+    prompt = bb.encode_text([expression], [f"remove {expression}"]).prompts[0]
+    indices = prompt.indices("expression")
+    start = min(prompt.offsets[i][0] for i in indices)
+    end = max(prompt.offsets[i][1] for i in indices)
+    assert prompt.text[start:end].strip() == expression
+    assert len(prompt.indices_for_words(["hat"])) >= 3  # h, a, t: one token each inside the "quote"
