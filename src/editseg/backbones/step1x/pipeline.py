@@ -167,7 +167,11 @@ def split_quoted(text: str) -> list[Piece]:
 
 def piecewise_tokens(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of ``text`` tokenised piece by piece (see :func:`split_quoted`), with each token's
-    character span in ``text`` (a quoted character's tokens all span that character)."""
+    character span in ``text`` (a quoted character's tokens all span that character).
+
+    The official code tokenises each piece with the processor (text only), which in transformers
+    4.49 is the tokenizer; transformers 5 refuses a text-only processor call holding an image pad,
+    so the tokenizer is called directly (same ids). A piece tokenised as ``“ … ”`` loses both."""
     open_ids = tokenizer("“", add_special_tokens=False)["input_ids"]
     close_ids = tokenizer("”", add_special_tokens=False)["input_ids"]
     open_id = open_ids[0] if len(open_ids) == 1 else None
