@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+
+# Tests never download: set before huggingface_hub is imported (it reads these once).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np
 import pytest

@@ -47,11 +47,16 @@ def test_segment_writes_mask_overlay_heatmaps_and_json(image_file, tmp_path, cap
         (["segment", "{image}", "dog", "--tau", "1.5"], "tau"),
         (["segment", "{image}", "dog", "--attention-blocks", "x-y"], "block selection"),
         (["segment", "{image}", "dog", "--model", "./no/such/folder"], "Model folder not found"),
-        (["segment", "{image}", "dog", "--model", "step1x-edit"], "not supported yet"),
+        (["segment", "{image}", "dog", "--model", "{sd_folder}"], "does not support"),
+        (["segment", "{image}", "dog", "--model", "step1x-edit"], "Could not load model"),
     ],
 )
-def test_cli_errors_are_messages_not_tracebacks(image_file, capsys, argv, message):
-    argv = [a.replace("{image}", str(image_file)) for a in argv]
+def test_cli_errors_are_messages_not_tracebacks(image_file, tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sd_folder = tmp_path / "sd"
+    sd_folder.mkdir()
+    (sd_folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    argv = [a.replace("{image}", str(image_file)).replace("{sd_folder}", str(sd_folder)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -33,7 +33,6 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
-from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 from PIL import Image
 
 from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
@@ -149,6 +148,9 @@ def fit_to_area(width: int, height: int, max_area: int, multiple_of: int) -> tup
 def preferred_resolution(width: int, height: int) -> tuple[int, int]:
     """The Kontext training bucket (width, height) nearest in aspect ratio (the pipeline's ``_auto_resize``)."""
     aspect_ratio = width / height
+    # Imported here: the pipeline module pulls in image processors that log torchvision warnings.
+    from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
     _, best_w, best_h = min((abs(aspect_ratio - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS)
     return best_w, best_h
 
