@@ -96,6 +96,10 @@ def _pipeline_class_name(source: str) -> str | None:
 
 def _family_for(source: str, model: str) -> ModuleType:
     class_name = _pipeline_class_name(source)
+    for family in families():  # formats without model_index.json (e.g. Step1X-Edit v1.0 folders)
+        claims = getattr(family, "claims", None)
+        if claims is not None and claims(source):
+            return family
     for family in families():
         if class_name in family.PIPELINE_CLASS_NAMES:
             return family
