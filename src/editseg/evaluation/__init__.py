@@ -1,4 +1,6 @@
-"""Evaluation: RIS metrics (oIoU, mIoU, Pr@t, point accuracy, feature separability), published numbers and the benchmark runner."""
+"""Evaluation: RIS metrics (oIoU, mIoU, Pr@t, point accuracy, feature separability), published numbers, the benchmark runner and ablation sweeps."""
+
+from .ablations import SWEEPS, Sweep, SweepResult, build_sweep, mask_to_token_grid, run_sweep, separability_study
 
 from .metrics import (
     PR_THRESHOLDS,
@@ -23,18 +25,25 @@ __all__ = [
     "MetricAccumulator",
     "EvaluationError",
     "PublishedTable",
+    "SWEEPS",
+    "Sweep",
+    "SweepResult",
     "SampleRecord",
     "SettingsMismatchError",
     "argmax_in_mask",
+    "build_sweep",
     "comparison_table",
     "compute_metrics",
     "evaluate",
     "intersection_union",
+    "mask_to_token_grid",
     "iou_from_counts",
     "markdown_table",
     "mask_iou",
     "merge_records",
     "point_accuracy",
     "resize_mask",
+    "run_sweep",
     "separability_score",
+    "separability_study",
 ]

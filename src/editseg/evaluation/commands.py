@@ -4,6 +4,8 @@
     editseg eval --dataset shapes --limit 200 --out runs/shapes --gallery 4
     editseg eval-merge runs/rc-val            # after sharded runs (--shard i/n) into runs/rc-val
     editseg eval-table runs/rc-val runs/rcp-val runs/rcg-val   # one table over several runs
+    editseg eval-sweep --dataset refcoco --data-root data --sweep modules,feature_site,tau --out runs/abl
+    editseg eval-separability --dataset refcoco --data-root data --timesteps 0,5,10,15,20,25 --out runs/sep
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from typing import Any, Callable
 from ..data.base import DatasetFilesNotFound, ReferringSample
 from .runner import EvaluationError
 
-__all__ = ["DATASETS", "HANDLERS", "build_dataset", "register", "run_eval", "run_eval_merge", "run_eval_table"]
+__all__ = [
+    "DATASETS",
+    "HANDLERS",
+    "build_dataset",
+    "register",
+    "run_eval",
+    "run_eval_merge",
+    "run_eval_separability",
+    "run_eval_sweep",
+    "run_eval_table",
+]
 
 DATASETS = ("refcoco", "refcoco+", "refcocog", "manifest", "shapes")
 DEFAULT_SHAPES_SAMPLES = 1000
@@ -29,8 +41,19 @@ records-shard<i>of<n>.jsonl etc., so all shards can share one --out; combine the
 `editseg eval-merge <out>`. Selection order: dataset order, then --ids, then --limit, then --shard."""
 
 
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The dataset options shared by ``eval``, ``eval-sweep`` and ``eval-separability``."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, choices=DATASETS, help="refcoco, refcoco+, refcocog (refer layout under --data-root), manifest (--manifest FILE) or shapes (the synthetic held-out-composition benchmark)")
+    data.add_argument("--split", default="val", help="split: val/testA/testB (refcoco, refcoco+), val/test (refcocog umd), val (refcocog google); a free label for manifests; shapes always uses its test split (default: val)")
+    data.add_argument("--data-root", default=None, help="refer data folder holding refcoco/, refcoco+/, refcocog/")
+    data.add_argument("--image-root", default=None, help="COCO train2014 images (default: <data-root>/images/mscoco/images/train2014)")
+    data.add_argument("--split-by", default=None, choices=["unc", "umd", "google"], help="split provider (default: unc for refcoco/refcoco+, umd for refcocog)")
+    data.add_argument("--manifest", default=None, help="JSONL or CSV manifest for --dataset manifest (see editseg.data.manifest)")
+
+
 def register(subparsers: Any) -> None:
-    """Add ``eval`` and ``eval-merge`` to the ``editseg`` sub-command parser."""
+    """Add ``eval``, ``eval-merge``, ``eval-table``, ``eval-sweep`` and ``eval-separability`` to the ``editseg`` sub-command parser."""
     from ..cli import _add_method_options, _add_model_options
 
     parser = subparsers.add_parser(
@@ -40,13 +63,7 @@ def register(subparsers: Any) -> None:
         epilog=EVAL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, choices=DATASETS, help="refcoco, refcoco+, refcocog (refer layout under --data-root), manifest (--manifest FILE) or shapes (the synthetic held-out-composition benchmark)")
-    data.add_argument("--split", default="val", help="split: val/testA/testB (refcoco, refcoco+), val/test (refcocog umd), val (refcocog google); a free label for manifests; shapes always uses its test split (default: val)")
-    data.add_argument("--data-root", default=None, help="refer data folder holding refcoco/, refcoco+/, refcocog/")
-    data.add_argument("--image-root", default=None, help="COCO train2014 images (default: <data-root>/images/mscoco/images/train2014)")
-    data.add_argument("--split-by", default=None, choices=["unc", "umd", "google"], help="split provider (default: unc for refcoco/refcoco+, umd for refcocog)")
-    data.add_argument("--manifest", default=None, help="JSONL or CSV manifest for --dataset manifest (see editseg.data.manifest)")
+    _add_data_options(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, help="output folder for records, summary, table, masks and gallery")
     run.add_argument("--limit", type=int, default=None, help="only the first N samples (for shapes: generate N, default 1000)")
@@ -73,6 +90,94 @@ def register(subparsers: Any) -> None:
     )
     table.add_argument("inputs", nargs="+", help="summary.json files or eval output folders holding summary.json")
     table.add_argument("--out", default=None, help="write the table to this file instead of printing it")
+
+    from .ablations import DEFAULT_TIMESTEPS, SWEEPS
+
+    steps = ",".join(str(t) for t in DEFAULT_TIMESTEPS)
+    sweep = subparsers.add_parser(
+        "eval-sweep",
+        help="ablation sweeps (paper Tables 2-3, Figs. 3-5): every setting scored, forwards shared, resumable",
+        description="Score every setting of the named sweeps around the method options; configs that share a forward share it.",
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_options(sweep)
+    group = sweep.add_argument_group("sweep")
+    group.add_argument("--sweep", required=True, help=f"comma list of sweeps: {', '.join(SWEEPS)}; NAME*timestep crosses one with --timesteps (quote it), e.g. 'feature_block*timestep' for Fig. 4")
+    group.add_argument("--timesteps", default=steps, help=f"timestep indices for timestep and *timestep sweeps (default: {steps})")
+    group.add_argument("--num-steps", type=int, default=28, help="schedule length the timestep indices refer to (default: 28)")
+    group.add_argument("--blocks", default=None, help="feature blocks of the feature_block sweep, e.g. 0,10,20 or 0-31 (default: every --block-stride-th block)")
+    group.add_argument("--block-stride", type=int, default=1, help="feature_block sweep: every k-th block from 0 (default: 1, every block)")
+    group.add_argument("--taus", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="tau values of the tau sweep")
+    group.add_argument("--no-plots", action="store_true", help="tables and JSON only, no PNG plots")
+    run = sweep.add_argument_group("run")
+    run.add_argument("--out", required=True, help="output folder: configs/<setting>/records.jsonl, <sweep>.md/.json/.png")
+    run.add_argument("--limit", type=int, default=None, help="only the first N samples (for shapes: generate N, default 1000)")
+    run.add_argument("--ids", default=None, help="comma-separated sample ids to evaluate")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_options(sweep)
+    _add_method_options(sweep)
+
+    sep = subparsers.add_parser(
+        "eval-separability",
+        help="foreground/background feature separability J(t, l) per timestep (paper appendix A1, Fig. 1 left)",
+        description="Probe clean-token features at the given blocks and timesteps; J against the ground truth on the token grid.",
+        epilog="Outputs in --out: separability.jsonl (per sample, resumable), separability.json (statistics), "
+        "separability.png (one box per timestep at --plot-block).",
+    )
+    _add_data_options(sep)
+    group = sep.add_argument_group("separability")
+    group.add_argument("--timesteps", default=steps, help=f"timestep indices (default: {steps})")
+    group.add_argument("--num-steps", type=int, default=28, help="schedule length (default: 28)")
+    group.add_argument("--blocks", default=None, help="blocks to probe, e.g. 20 or 0-31 (default: the backbone's feature block, ~2/3 depth)")
+    group.add_argument("--site", default="attn", choices=["attn", "adaln", "block"], help="feature site (default: attn, the MMSA output)")
+    group.add_argument("--plot-block", type=int, default=None, help="block shown in the box plot (default: the backbone's feature block if probed)")
+    run = sep.add_argument_group("run")
+    run.add_argument("--out", required=True, help="output folder")
+    run.add_argument("--limit", type=int, default=None, help="only the first N samples (for shapes: generate N, default 1000)")
+    run.add_argument("--ids", default=None, help="comma-separated sample ids")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_options(sep)
+    _add_method_options(sep)
+
+
+SWEEP_EPILOG = """Outputs in --out: configs/<setting>/records.jsonl + summary.json per distinct setting (ordinary
+eval records: re-running resumes, `editseg eval-table` reads them), and per sweep <sweep>.md (table,
+published Table 2/3 numbers beside ours on refcoco/+/g val), <sweep>.json and <sweep>.png.
+Forwards: modules, feature_site, feature_block, attention_blocks and tau share one forward per
+batch; each other prompt_tokens set adds one; timestep t > 0 adds 1 + t (1 + 2t with CFG)."""
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    """``"0,5,10"`` or ``"0-3,8"`` → ints; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    values: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                low, high = part.split("-")
+                values.extend(range(int(low), int(high) + 1))
+            else:
+                values.append(int(part))
+    except ValueError:
+        raise EvaluationError(f"{what}: cannot read {text!r}; use integers like 0,5,10 or ranges like 0-4.") from None
+    if not values:
+        raise EvaluationError(f"{what} is empty.")
+    return values
+
+
+def _float_list(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EvaluationError(f"{what}: cannot read {text!r}; use numbers like 0.5,0.8.") from None
+    if not values:
+        raise EvaluationError(f"{what} is empty.")
+    return values
 
 
 def build_dataset(args: argparse.Namespace) -> Any:
@@ -256,8 +361,67 @@ run_eval_merge = _converted(_eval_merge)
 
 run_eval_table = _converted(_eval_table)
 
+
+def _eval_sweep(args: argparse.Namespace) -> int:
+    """``editseg eval-sweep``."""
+    from ..cli import _config_from_args, _segmenter_from_args
+    from .ablations import parse_sweep_names, run_sweep
+    from .runner import select_samples
+
+    names = parse_sweep_names(args.sweep)
+    timesteps = _int_list(args.timesteps, "--timesteps")
+    blocks = _int_list(args.blocks, "--blocks")
+    taus = _float_list(args.taus, "--taus")
+    ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
+    base = _config_from_args(args)
+    dataset = build_dataset(args)
+    _check_images(select_samples(dataset, ids=ids, limit=args.limit))
+    segmenter = _segmenter_from_args(args)
+    results = run_sweep(
+        segmenter, dataset, names, args.out, limit=args.limit, ids=ids, base=base, timesteps=timesteps or (),
+        num_steps=args.num_steps, blocks=blocks, block_stride=args.block_stride, taus=taus,
+        plots=not args.no_plots, progress=not args.no_progress,
+    )  # fmt: skip
+    for result in results.values():
+        print(result.table_path.read_text(encoding="utf-8") if result.table_path else "")
+    print(f"editseg: sweep tables, plots and per-setting records in {args.out}", file=sys.stderr)
+    return 0
+
+
+def _eval_separability(args: argparse.Namespace) -> int:
+    """``editseg eval-separability``."""
+    from ..cli import _config_from_args, _segmenter_from_args
+    from .ablations import separability_study
+    from .runner import select_samples
+
+    timesteps = _int_list(args.timesteps, "--timesteps") or []
+    blocks = _int_list(args.blocks, "--blocks")
+    ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
+    _config_from_args(args)
+    dataset = build_dataset(args)
+    _check_images(select_samples(dataset, ids=ids, limit=args.limit))
+    segmenter = _segmenter_from_args(args)
+    summary = separability_study(
+        segmenter, dataset, timesteps, blocks, args.site, num_steps=args.num_steps, limit=args.limit, ids=ids,
+        out_dir=args.out, plot_block=args.plot_block, progress=not args.no_progress,
+    )  # fmt: skip
+    block = summary["plot_block"]
+    print(f"separability J ({args.site} features, block {block}): {summary['num_samples']} samples, {len(summary['skipped'])} skipped")
+    for t in timesteps:
+        cell = summary["stats"][str(t)][str(block)]
+        if cell["n"]:
+            print(f"  t={t}: median {cell['median']:.4f}  IQR {cell['q1']:.4f}-{cell['q3']:.4f}  n={cell['n']}")
+    print(f"editseg: separability.json, separability.jsonl and separability.png in {args.out}", file=sys.stderr)
+    return 0
+
+
+run_eval_sweep = _converted(_eval_sweep)
+run_eval_separability = _converted(_eval_separability)
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": run_eval,
     "eval-merge": run_eval_merge,
     "eval-table": run_eval_table,
+    "eval-sweep": run_eval_sweep,
+    "eval-separability": run_eval_separability,
 }
