@@ -25,21 +25,20 @@ Facts read from diffusers 0.42.1 (``pipelines/flux/pipeline_flux_kontext.py``,
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 from PIL import Image
 
-from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
+from ..errors import ExpressionError, ImageLoadError
 from ..geometry import ImageGeometry
 from ..probes import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import align_prompt
 from .base import Backbone, EncodedText, PreparedImage
+from .processors import ProbeProcessor, swapped_processors
 
 MAX_SEQUENCE_LENGTH = 512  # the pipeline's default (and maximum) T5 length
 MAX_AREA = 1024 * 1024  # the pipeline's default ``max_area`` for the generated canvas
@@ -48,18 +47,12 @@ FEATURE_BLOCK = 40  # paper: l' = 40 of 57 on Step1X-Edit, whose DiT has the sam
 NOISY_CANVASES = ("reference", "pipeline")
 
 
-class FluxKontextProbeProcessor:
+class FluxKontextProbeProcessor(ProbeProcessor):
     """``FluxAttnProcessor`` plus probes, for double-stream (text given) and single-stream blocks.
 
     q, k, v, QK-norm and RoPE exactly as the original; the attention itself goes through
     ``ProbeRecorder.attend`` with diffusers' ``dispatch_attention_fn`` (the processor's backend).
     """
-
-    def __init__(self, block: int, recorder: ProbeRecorder, original: FluxAttnProcessor) -> None:
-        self.block = block
-        self.recorder = recorder
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         layout = self.recorder.layout
@@ -78,20 +71,7 @@ class FluxKontextProbeProcessor:
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        def attend(q, k, v, scale):
-            return dispatch_attention_fn(
-                q,
-                k,
-                v,
-                attn_mask=attention_mask,
-                scale=scale,
-                backend=self._attention_backend,
-                parallel_config=self._parallel_config,
-            )
-
-        out = self.recorder.attend(self.block, query, key, value, attend, attn_mask=attention_mask)
-        out = out.flatten(2, 3).to(query.dtype)
+        out = self.attend(query, key, value, attention_mask)
         self.recorder.record_feature("attn", self.block, out[:, layout.clean])
 
         if encoder_hidden_states is None:
@@ -102,38 +82,16 @@ class FluxKontextProbeProcessor:
         return image_out, attn.to_add_out(context_out.contiguous())
 
 
-@contextmanager
-def probes_installed(transformer, recorder: ProbeRecorder) -> Iterator[None]:
+def probes_installed(transformer, recorder: ProbeRecorder):
     """Swap every block's attention processor for a probing one (and hook block outputs) for one forward."""
-    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
     rows = recorder.layout.clean_in_image_stream  # both block kinds return (text, [noisy | ref])
-    originals = []
-    hooks = []
-    try:
-        for index, block in enumerate(blocks):
-            original = block.attn.processor
-            if type(original) is not FluxAttnProcessor:
-                raise UnsupportedModelError(
-                    f"Block {index} uses attention processor {type(original).__name__}; editseg probes replace "
-                    "FluxAttnProcessor only (unload IP-Adapters or custom processors first)."
-                )
-            originals.append((block.attn, original))
-            block.attn.processor = FluxKontextProbeProcessor(index, recorder, original)
-            if recorder.wants_feature("block", index):
-                hooks.append(block.register_forward_hook(_block_output_hook(recorder, index, rows)))
-        yield
-    finally:
-        for attn, original in originals:
-            attn.processor = original
-        for hook in hooks:
-            hook.remove()
-
-
-def _block_output_hook(recorder: ProbeRecorder, index: int, rows: slice):
-    def hook(module, inputs, output):
-        recorder.record_feature("block", index, output[1][:, rows])
-
-    return hook
+    return swapped_processors(
+        list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks),
+        recorder,
+        lambda index, original: FluxKontextProbeProcessor(index, recorder, original),
+        lambda index: FluxAttnProcessor,
+        lambda index, output: output[1][:, rows],
+    )
 
 
 def fit_to_area(width: int, height: int, max_area: int, multiple_of: int) -> tuple[int, int]:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux2 import (
     Flux2AttnProcessor,
@@ -29,6 +27,7 @@ from ..geometry import ImageGeometry
 from ..probes import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import align_prompt
 from .base import Backbone, EncodedText, PreparedImage
+from .processors import ProbeProcessor, swapped_processors
 
 MAX_SEQUENCE_LENGTH = 512
 TEXT_ENCODER_LAYERS = (9, 18, 27)
@@ -55,32 +54,7 @@ def _projections(attn, hidden_states, encoder_hidden_states=None):
     return query, key, value, *added
 
 
-class _ProbeProcessor:
-    """Shared state of the two probe processors: block index, recorder, attention backend."""
-
-    def __init__(self, block: int, recorder: ProbeRecorder, original) -> None:
-        self.block = block
-        self.recorder = recorder
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
-
-    def _attend(self, query, key, value, attention_mask):
-        def attend(q, k, v, scale):
-            return dispatch_attention_fn(
-                q,
-                k,
-                v,
-                attn_mask=attention_mask,
-                scale=scale,
-                backend=self._attention_backend,
-                parallel_config=self._parallel_config,
-            )
-
-        out = self.recorder.attend(self.block, query, key, value, attend, attn_mask=attention_mask)
-        return out.flatten(2, 3).to(query.dtype)
-
-
-class Flux2DoubleStreamProbeProcessor(_ProbeProcessor):
+class Flux2DoubleStreamProbeProcessor(ProbeProcessor):
     """``Flux2AttnProcessor`` plus probes (double-stream blocks: separate text/image weights)."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
@@ -99,7 +73,7 @@ class Flux2DoubleStreamProbeProcessor(_ProbeProcessor):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        out = self._attend(query, key, value, attention_mask)
+        out = self.attend(query, key, value, attention_mask)
         self.recorder.record_feature("attn", self.block, out[:, layout.clean])
 
         if encoder_hidden_states is None:
@@ -109,7 +83,7 @@ class Flux2DoubleStreamProbeProcessor(_ProbeProcessor):
         return attn.to_out[1](attn.to_out[0](image_out)), attn.to_add_out(context_out)
 
 
-class Flux2SingleStreamProbeProcessor(_ProbeProcessor):
+class Flux2SingleStreamProbeProcessor(ProbeProcessor):
     """``Flux2ParallelSelfAttnProcessor`` plus probes (single-stream blocks, fused attention + MLP)."""
 
     def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
@@ -126,50 +100,31 @@ class Flux2SingleStreamProbeProcessor(_ProbeProcessor):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        out = self._attend(query, key, value, attention_mask)
+        out = self.attend(query, key, value, attention_mask)
         self.recorder.record_feature("attn", self.block, out[:, layout.clean])
         return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp_hidden)], dim=-1))
 
 
-@contextmanager
-def probes_installed(transformer, recorder: ProbeRecorder) -> Iterator[None]:
+def probes_installed(transformer, recorder: ProbeRecorder):
     """Swap every block's attention processor for a probing one (and hook block outputs) for one forward."""
-    double_blocks = list(transformer.transformer_blocks)
-    single_blocks = list(transformer.single_transformer_blocks)
+    double = len(transformer.transformer_blocks)
     layout = recorder.layout
-    originals = []
-    hooks = []
-    try:
-        for index, block in enumerate(double_blocks + single_blocks):
-            original = block.attn.processor
-            is_double = index < len(double_blocks)
-            expected = Flux2AttnProcessor if is_double else Flux2ParallelSelfAttnProcessor
-            if type(original) is not expected:
-                raise UnsupportedModelError(
-                    f"Block {index} uses attention processor {type(original).__name__}; editseg probes "
-                    f"replace {expected.__name__} only. KV-cache variants (FLUX.2-klein-9B-KV) let reference "
-                    "tokens attend only to themselves, so they carry no image→prompt attention."
-                )
-            processor_cls = Flux2DoubleStreamProbeProcessor if is_double else Flux2SingleStreamProbeProcessor
-            originals.append((block.attn, original))
-            block.attn.processor = processor_cls(index, recorder, original)
-            if recorder.wants_feature("block", index):
-                rows = layout.clean_in_image_stream if is_double else layout.clean
-                hooks.append(block.register_forward_hook(_block_output_hook(recorder, index, rows, is_double)))
-        yield
-    finally:
-        for attn, original in originals:
-            attn.processor = original
-        for hook in hooks:
-            hook.remove()
 
+    def make(index: int, original):
+        cls = Flux2DoubleStreamProbeProcessor if index < double else Flux2SingleStreamProbeProcessor
+        return cls(index, recorder, original)
 
-def _block_output_hook(recorder: ProbeRecorder, index: int, rows: slice, is_double: bool):
-    def hook(module, inputs, output):
-        hidden = output[1] if is_double else output
-        recorder.record_feature("block", index, hidden[:, rows])
+    def output_rows(index: int, output):
+        # double-stream blocks return (text, [noisy | clean]); single-stream ones the joint sequence
+        return output[1][:, layout.clean_in_image_stream] if index < double else output[:, layout.clean]
 
-    return hook
+    return swapped_processors(
+        list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks),
+        recorder,
+        make,
+        lambda index: Flux2AttnProcessor if index < double else Flux2ParallelSelfAttnProcessor,
+        output_rows,
+    )
 
 
 class Flux2KleinBackbone(Backbone):

@@ -32,12 +32,10 @@ and ``models/transformers/transformer_qwenimage.py``):
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_qwenimage import (
     QwenDoubleStreamAttnProcessor2_0,
     apply_rotary_emb_qwen,
@@ -51,6 +49,7 @@ from ..geometry import ImageGeometry
 from ..probes import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import PromptTokens, align_prompt
 from .base import Backbone, EncodedText, PreparedImage
+from .processors import ProbeProcessor, swapped_processors
 
 VAE_AREA = 1024 * 1024  # QwenImageEditPipeline.__call__ and VAE_IMAGE_SIZE of the Plus pipeline
 CONDITION_AREA = 384 * 384  # CONDITION_IMAGE_SIZE of QwenImageEditPlusPipeline
@@ -64,14 +63,8 @@ def _dimensions(area: int, size: tuple[int, int]) -> tuple[int, int]:
     return int(width), int(height)
 
 
-class QwenDoubleStreamProbeProcessor:
+class QwenDoubleStreamProbeProcessor(ProbeProcessor):
     """``QwenDoubleStreamAttnProcessor2_0`` plus probes: same projections, QK-norm, RoPE and mask."""
-
-    def __init__(self, block: int, recorder: ProbeRecorder, original) -> None:
-        self.block = block
-        self.recorder = recorder
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
 
     def __call__(
         self,
@@ -118,22 +111,7 @@ class QwenDoubleStreamProbeProcessor:
         query = torch.cat([txt_q, img_q], dim=1)  # joint order [text | image]
         key = torch.cat([txt_k, img_k], dim=1)
         value = torch.cat([txt_v, img_v], dim=1)
-
-        def attend(q, k, v, scale):
-            return dispatch_attention_fn(
-                q,
-                k,
-                v,
-                attn_mask=attention_mask,
-                dropout_p=0.0,
-                is_causal=False,
-                scale=scale,
-                backend=self._attention_backend,
-                parallel_config=self._parallel_config,
-            )
-
-        out = self.recorder.attend(self.block, query, key, value, attend, attn_mask=attention_mask)
-        out = out.flatten(2, 3).to(query.dtype)
+        out = self.attend(query, key, value, attention_mask)
         self.recorder.record_feature("attn", self.block, out[:, layout.clean])
 
         txt_out, img_out = out[:, :seq_txt], out[:, seq_txt:]
@@ -143,36 +121,16 @@ class QwenDoubleStreamProbeProcessor:
         return img_out, attn.to_add_out(txt_out.contiguous())
 
 
-@contextmanager
-def probes_installed(transformer, recorder: ProbeRecorder) -> Iterator[None]:
+def probes_installed(transformer, recorder: ProbeRecorder):
     """Swap every block's attention processor for a probing one (and hook block outputs) for one forward."""
-    layout = recorder.layout
-    originals, hooks = [], []
-    try:
-        for index, block in enumerate(transformer.transformer_blocks):
-            original = block.attn.processor
-            if type(original) is not QwenDoubleStreamAttnProcessor2_0:
-                raise UnsupportedModelError(
-                    f"Block {index} uses attention processor {type(original).__name__}; editseg probes replace "
-                    "QwenDoubleStreamAttnProcessor2_0 only."
-                )
-            originals.append((block.attn, original))
-            block.attn.processor = QwenDoubleStreamProbeProcessor(index, recorder, original)
-            if recorder.wants_feature("block", index):
-                hooks.append(block.register_forward_hook(_block_output_hook(recorder, index, layout.clean_in_image_stream)))
-        yield
-    finally:
-        for attn, original in originals:
-            attn.processor = original
-        for hook in hooks:
-            hook.remove()
-
-
-def _block_output_hook(recorder: ProbeRecorder, index: int, rows: slice):
-    def hook(module, inputs, output):
-        recorder.record_feature("block", index, output[1][:, rows])  # (text, image) per block
-
-    return hook
+    rows = recorder.layout.clean_in_image_stream  # each block returns (text, [noisy | clean])
+    return swapped_processors(
+        list(transformer.transformer_blocks),
+        recorder,
+        lambda index, original: QwenDoubleStreamProbeProcessor(index, recorder, original),
+        lambda index: QwenDoubleStreamAttnProcessor2_0,
+        lambda index, output: output[1][:, rows],
+    )
 
 
 class QwenImageEditBackbone(Backbone):
