@@ -12,8 +12,9 @@ from a base config (:func:`build_sweep`; names in :data:`SWEEPS`). ``"<name>*tim
 sweep with the timesteps (e.g. ``feature_block*timestep`` is Fig. 4's heatmap, and
 ``attention_blocks*timestep`` Fig. 3's lines).
 
-**Shared forwards.** :func:`run_sweep` calls ``set_image`` once per image and one
-:meth:`~editseg.api.Segmenter.predict_sweep` with every config of every sweep, so configs that share a
+**Shared forwards.** :func:`run_sweep` calls ``set_image`` once per image and
+:meth:`~editseg.api.Segmenter.predict_sweep` with every config of every sweep (split by forward group
+and expression batch only to bound memory), so configs that share a
 :meth:`~editseg.config.MethodConfig.forward_key` share the transformer forward: modules, feature_site,
 feature_block, attention_blocks and tau all cost one forward per expression batch together;
 prompt_tokens costs one per token set; a timestep ``t > 0`` costs its forward plus ``t`` denoising
@@ -446,27 +447,39 @@ def run_sweep(
 def _sweep_image(
     segmenter: "Segmenter", group: list[ReferringSample], configs: list[MethodConfig], runs: dict[MethodConfig, _ConfigRun]
 ) -> None:
-    """One ``set_image`` and one ``predict_sweep`` for an image's expressions; append new records."""
+    """One ``set_image`` for an image's expressions, then ``predict_sweep`` per forward group and
+    expression batch: exactly the forwards of one ``predict_sweep`` over everything, but only one
+    batch of one group's results (input-resolution maps) is held at a time. Records are appended
+    as each group finishes."""
     start = time.perf_counter()
     image = group[0].load_image()
     load_s = time.perf_counter() - start
     segmenter.set_image(image)
-    swept = segmenter.predict_sweep([s.expression for s in group], configs)
     gts = [s.load_mask() for s in group]
-    for config, results in zip(configs, swept):
-        run = runs[config]
-        new = [
-            sample_record(sample, result, gt, {"image_load_s": load_s})
-            for sample, result, gt in zip(group, results, gts)
-            if sample.sample_id not in run.done
-        ]
-        with run.records_path.open("a", encoding="utf-8") as handle:
-            for record in new:
-                _write_line(handle, record)
-            handle.flush()
-            os.fsync(handle.fileno())
-        run.records.extend(new)
-        run.done.update(r["id"] for r in new)
+    forward_groups: dict[tuple, list[MethodConfig]] = {}
+    for config in configs:
+        forward_groups.setdefault(config.forward_key(), []).append(config)
+    step = segmenter.batch_size
+    for shared in forward_groups.values():
+        new: dict[MethodConfig, list[dict[str, Any]]] = {c: [] for c in shared}
+        for first in range(0, len(group), step):
+            batch = group[first : first + step]
+            swept = segmenter.predict_sweep([s.expression for s in batch], shared)
+            for config, results in zip(shared, swept):
+                done = runs[config].done
+                new[config].extend(
+                    sample_record(sample, result, gt, {"image_load_s": load_s})
+                    for sample, result, gt in zip(batch, results, gts[first : first + step])
+                    if sample.sample_id not in done
+                )
+            del swept
+        for config, records in new.items():
+            run = runs[config]
+            with run.records_path.open("a", encoding="utf-8") as handle:
+                for record in records:
+                    _write_line(handle, record)
+            run.records.extend(records)
+            run.done.update(r["id"] for r in records)
 
 
 # -- tables, JSON and plots ------------------------------------------------------------------------
