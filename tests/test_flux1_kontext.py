@@ -8,7 +8,6 @@ vocabulary trained here), ``CLIPTextModel`` + ``CLIPTokenizer`` (a BPE trained h
 
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 
@@ -24,7 +23,8 @@ from editseg.backbones.flux1_kontext import (
     probes_installed,
 )
 from editseg.images import load_image
-from editseg.probes import ProbePlan, ProbeRecorder, TokenLayout
+from editseg.probes import ProbeRecorder
+from reference import attention_output, capture_dispatch, expression_plan, naive_maps
 
 _WORDS = """remove the man in the red shirt on the left zebra right woman with a blue umbrella
 small large big little circle square triangle star diamond cross ball box disc green yellow purple
@@ -290,34 +290,9 @@ def test_expression_tokens_decode_to_the_expression(small):
 
 
 # -- probes ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
 def capture_reference_qkv(store: list):
     """q, k, v as diffusers' own FluxAttnProcessor hands them to the attention kernel."""
-    original = flux_module.dispatch_attention_fn
-
-    def recording(query, key, value, *args, **kwargs):
-        store.append((query.detach().clone(), key.detach().clone(), value.detach().clone(), kwargs.get("attn_mask")))
-        return original(query, key, value, *args, **kwargs)
-
-    flux_module.dispatch_attention_fn = recording
-    try:
-        yield
-    finally:
-        flux_module.dispatch_attention_fn = original
-
-
-def naive_maps(query, key, layout: TokenLayout, prompt_mask):
-    """Eqs. 3-4 on the full softmax(QKᵀ/√d) matrix, head-mean, in float64."""
-    q, k = query.double().transpose(1, 2), key.double().transpose(1, 2)
-    A = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1).mean(dim=1)
-    v = layout.clean
-    cams, rams = [], []
-    for b in range(A.shape[0]):
-        c = A[b, v][:, layout.text] @ prompt_mask[b].double()
-        A_vv = A[b, v, v]
-        cams.append(c)
-        rams.append((A_vv / A_vv.sum(dim=1, keepdim=True)) @ c)
-    return torch.stack(cams), torch.stack(rams)
+    return capture_dispatch(flux_module, store)
 
 
 def _inputs(backbone, expressions, image):
@@ -325,11 +300,7 @@ def _inputs(backbone, expressions, image):
     return prepared, backbone.encode_text(expressions, [f"remove {e}" for e in expressions])
 
 
-def _plan(backbone, image, text, features=None, fused=True):
-    mask = torch.zeros(len(text.prompts), text.text_len)
-    for row, prompt in enumerate(text.prompts):
-        mask[row, prompt.indices("expression")] = 1
-    return ProbePlan(backbone.layout_for(image, text), mask, None, features or {}, fused=fused)
+_plan = expression_plan
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -395,9 +366,7 @@ def test_feature_sites_match_independent_captures(small, image_96x64):
     recorder = small.probe_forward(image, text, plan, seed=0)
     for index in range(small.num_blocks):
         is_double = index < small.num_double_blocks
-        q, k, v = (t.double().transpose(1, 2) for t in captured[index][:3])
-        attention = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-        av = (attention @ v).transpose(1, 2).flatten(2)[:, layout.clean]
+        av = attention_output(*captured[index][:3])[:, layout.clean]
         torch.testing.assert_close(recorder.features[("attn", index)].double(), av, rtol=1e-4, atol=1e-5)
         rows = layout.clean_in_image_stream if is_double else layout.clean
         torch.testing.assert_close(recorder.features[("adaln", index)], attn_inputs[index][:, rows])

@@ -7,47 +7,17 @@ does, independently of editseg's processors.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 import diffusers.models.transformers.transformer_flux2 as flux2_module
 from editseg.backbones.flux2 import probes_installed
-from editseg.probes import ProbePlan, ProbeRecorder, TokenLayout, clean_token_attention_statistics
+from editseg.probes import ProbeRecorder, TokenLayout, clean_token_attention_statistics
+from reference import attention_output, capture_dispatch, expression_plan, naive_maps
 
 
-@contextlib.contextmanager
 def capture_reference_qkv(store: list):
-    original = flux2_module.dispatch_attention_fn
-
-    def recording(query, key, value, *args, **kwargs):
-        store.append((query.detach().clone(), key.detach().clone(), value.detach().clone()))
-        return original(query, key, value, *args, **kwargs)
-
-    flux2_module.dispatch_attention_fn = recording
-    try:
-        yield
-    finally:
-        flux2_module.dispatch_attention_fn = original
-
-
-def naive_maps(query, key, layout: TokenLayout, prompt_mask):
-    """Eqs. 3-4 for one block, written out with the full (S x S) attention matrix, head-mean."""
-    q = query.double().transpose(1, 2)  # B,H,S,D
-    k = key.double().transpose(1, 2)
-    A = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1).mean(dim=1)  # B,S,S
-    v = layout.clean
-    cams, rams = [], []
-    for b in range(A.shape[0]):
-        prompt = torch.nonzero(prompt_mask[b]).flatten()  # text positions = joint positions
-        A_vp = A[b, v][:, prompt]
-        c = A_vp @ torch.ones(len(prompt), dtype=A.dtype)
-        A_vv = A[b, v, v]
-        T = torch.diag(1.0 / (A_vv @ torch.ones(A_vv.shape[1], dtype=A.dtype))) @ A_vv
-        cams.append(c)
-        rams.append(T @ c)
-    return torch.stack(cams), torch.stack(rams)
+    return capture_dispatch(flux2_module, store)
 
 
 def _inputs(backbone, expressions, image_array):
@@ -58,11 +28,7 @@ def _inputs(backbone, expressions, image_array):
     return image, text
 
 
-def _plan(backbone, image, text, features=None, fused=True):
-    mask = torch.zeros(len(text.prompts), text.text_len)
-    for row, prompt in enumerate(text.prompts):
-        mask[row, prompt.indices("expression")] = 1
-    return ProbePlan(backbone.layout_for(image, text), mask, None, features or {}, fused=fused)
+_plan = expression_plan
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -78,7 +44,7 @@ def test_probes_equal_naive_full_attention_on_every_block(tiny_backbone, random_
 
     recorder = tiny_backbone.probe_forward(image, text, plan, seed=3)
     assert sorted(recorder.cam) == list(range(tiny_backbone.num_blocks))
-    for block, (q, k, _) in enumerate(captured):
+    for block, (q, k, _, _) in enumerate(captured):
         cam_ref, ram_ref = naive_maps(q, k, plan.layout, plan.prompt_mask)
         torch.testing.assert_close(recorder.cam[block].double(), cam_ref, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(recorder.ram[block].double(), ram_ref, rtol=1e-5, atol=1e-7)
@@ -128,9 +94,7 @@ def test_feature_sites_match_independent_captures(tiny_backbone, random_image):
     for index in range(backbone.num_blocks):
         is_double = index < backbone.num_double_blocks
         rows = layout.clean_in_image_stream if is_double else layout.clean
-        q, k, v = (t.double().transpose(1, 2) for t in captured[index])
-        attention = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-        av = (attention @ v).transpose(1, 2).flatten(2)[:, layout.clean]  # eq. 1, heads concatenated
+        av = attention_output(*captured[index][:3])[:, layout.clean]  # eq. 1, heads concatenated
         torch.testing.assert_close(recorder.features[("attn", index)].double(), av, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(recorder.features[("adaln", index)], attn_inputs[index][:, rows])
         output = block_outputs[index][1] if is_double else block_outputs[index]

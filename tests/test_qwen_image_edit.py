@@ -27,7 +27,8 @@ import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus_module
 from editseg.backbones.qwen_image_edit import QwenImageEditBackbone, probes_installed
 from editseg.errors import ConfigError
 from editseg.images import load_image
-from editseg.probes import ProbePlan, ProbeRecorder, TokenLayout
+from editseg.probes import ProbeRecorder
+from reference import attention_output, capture_dispatch, expression_plan, naive_maps
 
 TINY_AREA = 64 * 64  # stands in for 1024 * 1024
 TINY_CONDITION_AREA = 56 * 56  # stands in for 384 * 384 (Plus pipeline)
@@ -310,44 +311,11 @@ def test_batched_text_equals_single_text(edit_backbone):
         edit_backbone.first_step_inputs(prepared_again, both, 5)
 
 
-@contextlib.contextmanager
 def capture_reference_qkv(store: list):
-    original = qwen_module.dispatch_attention_fn
-
-    def recording(query, key, value, *args, **kwargs):
-        mask = kwargs.get("attn_mask")
-        store.append((query.detach().clone(), key.detach().clone(), value.detach().clone(), mask))
-        return original(query, key, value, *args, **kwargs)
-
-    qwen_module.dispatch_attention_fn = recording
-    try:
-        yield
-    finally:
-        qwen_module.dispatch_attention_fn = original
+    return capture_dispatch(qwen_module, store)
 
 
-def naive_maps(query, key, mask, layout: TokenLayout, prompt_mask):
-    """Eqs. 3-4 with the full softmax(QKᵀ/√d) matrix (padded text keys masked out), head mean."""
-    q, k = query.double().transpose(1, 2), key.double().transpose(1, 2)
-    logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    A = torch.softmax(logits, dim=-1).mean(dim=1)
-    v = layout.clean
-    cams, rams = [], []
-    for b in range(A.shape[0]):
-        c = A[b, v][:, layout.text] @ prompt_mask[b].double()
-        A_vv = A[b, v, v]
-        cams.append(c)
-        rams.append((A_vv / A_vv.sum(dim=1, keepdim=True)) @ c)
-    return torch.stack(cams), torch.stack(rams)
-
-
-def _plan(backbone, image, text, features=None, fused=True):
-    mask = torch.zeros(len(text.prompts), text.text_len)
-    for row, prompt in enumerate(text.prompts):
-        mask[row, prompt.indices("expression")] = 1
-    return ProbePlan(backbone.layout_for(image, text), mask, None, features or {}, fused=fused)
+_plan = expression_plan
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -365,7 +333,7 @@ def test_probes_equal_naive_full_attention_with_the_padding_mask(edit_backbone, 
     assert sorted(recorder.cam) == list(range(edit_backbone.num_blocks))
     for block, (q, k, _, mask) in enumerate(captured):
         assert mask is not None and mask.shape == (2, 1, 1, plan.layout.total_len)
-        cam_ref, ram_ref = naive_maps(q, k, mask, plan.layout, plan.prompt_mask)
+        cam_ref, ram_ref = naive_maps(q, k, plan.layout, plan.prompt_mask, key_mask=mask)
         torch.testing.assert_close(recorder.cam[block].double(), cam_ref, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(recorder.ram[block].double(), ram_ref, rtol=1e-5, atol=1e-7)
 
@@ -409,9 +377,7 @@ def test_feature_sites_match_independent_captures(edit_backbone):
         hook.remove()
     recorder = backbone.probe_forward(image, text, plan, seed=0)
     for index in range(backbone.num_blocks):
-        q, k, v = (t.double().transpose(1, 2) for t in captured[index][:3])
-        attention = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-        av = (attention @ v).transpose(1, 2).flatten(2)[:, layout.clean]
+        av = attention_output(*captured[index][:3], key_mask=captured[index][3])[:, layout.clean]
         torch.testing.assert_close(recorder.features[("attn", index)].double(), av, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(recorder.features[("adaln", index)], attn_inputs[index][:, layout.clean_in_image_stream])
         torch.testing.assert_close(recorder.features[("block", index)], block_outputs[index][:, layout.clean_in_image_stream])

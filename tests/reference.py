@@ -1,0 +1,68 @@
+"""Independent reference computations shared by the backbone tests.
+
+``capture_dispatch`` records q, k, v exactly as a diffusers transformer module's OWN attention
+processors hand them to the kernel (after QK-norm and RoPE); ``naive_maps`` is eqs. 3-4 written
+out with the full softmax(QKᵀ/√d) matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from editseg.probes import ProbePlan, TokenLayout
+
+
+@contextlib.contextmanager
+def capture_dispatch(module, store: list):
+    """Append (q, k, v, attn_mask) of every ``module.dispatch_attention_fn`` call to ``store``."""
+    original = module.dispatch_attention_fn
+
+    def recording(query, key, value, *args, **kwargs):
+        store.append((query.detach().clone(), key.detach().clone(), value.detach().clone(), kwargs.get("attn_mask")))
+        return original(query, key, value, *args, **kwargs)
+
+    module.dispatch_attention_fn = recording
+    try:
+        yield
+    finally:
+        module.dispatch_attention_fn = original
+
+
+def full_attention(query, key, key_mask=None) -> torch.Tensor:
+    """(B, H, S, S) softmax(QKᵀ/√d) in float64 from (B, S, H, D) q/k; ``key_mask`` True = attend."""
+    q, k = query.double().transpose(1, 2), key.double().transpose(1, 2)
+    logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def naive_maps(query, key, layout: TokenLayout, prompt_mask, key_mask=None):
+    """Eqs. 3-4 for one block, literally: Ā = head mean, c = Ā[v,p]·1, T = D(Ā[v,v]·1)⁻¹Ā[v,v], r = T c."""
+    A = full_attention(query, key, key_mask).mean(dim=1)
+    v = layout.clean
+    cams, rams = [], []
+    for b in range(A.shape[0]):
+        prompt = torch.nonzero(prompt_mask[b]).flatten()  # text positions = joint positions
+        c = A[b, v][:, prompt] @ torch.ones(len(prompt), dtype=A.dtype)
+        A_vv = A[b, v, v]
+        T = torch.diag(1.0 / (A_vv @ torch.ones(A_vv.shape[1], dtype=A.dtype))) @ A_vv
+        cams.append(c)
+        rams.append(T @ c)
+    return torch.stack(cams), torch.stack(rams)
+
+
+def attention_output(query, key, value, key_mask=None) -> torch.Tensor:
+    """Eq. 1, A·V with heads concatenated: (B, S, H*D) in float64."""
+    out = full_attention(query, key, key_mask) @ value.double().transpose(1, 2)
+    return out.transpose(1, 2).flatten(2)
+
+
+def expression_plan(backbone, image, text, features=None, fused=True) -> ProbePlan:
+    """A ProbePlan over every block with each prompt's expression tokens as the prompt set."""
+    mask = torch.zeros(len(text.prompts), text.text_len)
+    for row, prompt in enumerate(text.prompts):
+        mask[row, prompt.indices("expression")] = 1
+    return ProbePlan(backbone.layout_for(image, text), mask, None, features or {}, fused=fused)
