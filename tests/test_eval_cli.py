@@ -158,3 +158,21 @@ def test_eval_help_lists_data_run_model_and_method_flags(capsys):
     for flag in ("--dataset", "--data-root", "--image-root", "--split-by", "--manifest", "--limit", "--ids",
                  "--shard", "--save-masks", "--gallery", "--model", "--device", "--tau", "--mode"):  # fmt: skip
         assert flag in text
+
+
+def test_shard_auto_reads_the_launcher_environment():
+    import argparse
+
+    import pytest as _pytest
+
+    from editseg.evaluation.commands import resolve_launcher_shard
+    from editseg.evaluation.runner import EvaluationError
+
+    args = argparse.Namespace(shard="auto", device="cpu")
+    resolve_launcher_shard(args, {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2"})
+    assert args.shard == "2/4" and args.device == "cpu"  # an explicit device is kept
+    untouched = argparse.Namespace(shard="1/3", device=None)
+    resolve_launcher_shard(untouched, {"RANK": "0", "WORLD_SIZE": "8"})
+    assert untouched.shard == "1/3"
+    with _pytest.raises(EvaluationError, match="torchrun"):
+        resolve_launcher_shard(argparse.Namespace(shard="auto", device=None), {})

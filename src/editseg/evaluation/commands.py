@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -68,7 +69,12 @@ def register(subparsers: Any) -> None:
     run.add_argument("--out", required=True, help="output folder for records, summary, table, masks and gallery")
     run.add_argument("--limit", type=int, default=None, help="only the first N samples (for shapes: generate N, default 1000)")
     run.add_argument("--ids", default=None, help="comma-separated sample ids to evaluate")
-    run.add_argument("--shard", default=None, help="evaluate shard i of n (0-based), e.g. 0/4; merge with eval-merge")
+    run.add_argument(
+        "--shard",
+        default=None,
+        help="evaluate shard i of n (0-based), e.g. 0/4; 'auto' reads RANK/WORLD_SIZE set by torchrun or "
+        "accelerate launch (and picks cuda:LOCAL_RANK); merge with eval-merge",
+    )
     run.add_argument("--save-masks", default=None, choices=["png", "rle"], help="also keep predicted masks: PNG files in <out>/masks or COCO RLE inside the records")
     run.add_argument("--gallery", type=int, default=0, metavar="K", help="write gallery.png with the K best and K worst samples (re-segments those 2K)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -217,6 +223,26 @@ def _raised_in_data_code(error: BaseException) -> bool:
     return bool(frames) and Path(frames[-1].filename).parent.name == "data" and "editseg" in Path(frames[-1].filename).parts
 
 
+def resolve_launcher_shard(args: argparse.Namespace, environ=None) -> None:
+    """``--shard auto``: this process's shard from the launcher's RANK / WORLD_SIZE (torchrun and
+    ``accelerate launch`` set both), and, unless ``--device`` was given, ``cuda:LOCAL_RANK``."""
+    if args.shard != "auto":
+        return
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in environ:
+        raise EvaluationError(
+            "--shard auto needs a launcher that sets RANK and WORLD_SIZE: run under "
+            "`torchrun --nproc-per-node N -m editseg.cli eval ...` or `accelerate launch -m editseg.cli eval ...`."
+        )
+    rank, world = int(environ.get("RANK", 0)), int(environ["WORLD_SIZE"])
+    args.shard = f"{rank}/{world}"
+    if getattr(args, "device", None) is None and "LOCAL_RANK" in environ:
+        import torch
+
+        if torch.cuda.is_available():
+            args.device = f"cuda:{int(environ['LOCAL_RANK'])}"
+
+
 def _converted(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn data-file and data-format errors into messages (the CLI prints EditsegErrors)."""
 
@@ -250,6 +276,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
 
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
+    resolve_launcher_shard(args)
     if args.gallery < 0:
         raise EvaluationError(f"--gallery must be 0 or more, got {args.gallery}")
     config = _config_from_args(args)  # validate method options before reading data
