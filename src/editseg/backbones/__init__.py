@@ -46,8 +46,26 @@ def _tiny_random(device: torch.device, dtype: torch.dtype) -> Backbone:
     return Flux2KleinBackbone(pipeline, name=TINY_RANDOM, is_random=True, default_max_side=TINY_MAX_SIDE)
 
 
+TOY_SHAPES = "toy-shapes"
+TOY_SHAPES_DIR = Path(__file__).resolve().parent.parent / "assets" / TOY_SHAPES
+
+
+def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
+    """The tiny FLUX.2-klein editor trained on the shapes world (``editseg.toy``), shipped in the package."""
+    from diffusers import Flux2KleinPipeline
+
+    from .flux2 import Flux2KleinBackbone
+
+    if not (TOY_SHAPES_DIR / "model_index.json").is_file():
+        raise ModelNotFoundError(f"The toy-shapes weights are missing from {TOY_SHAPES_DIR}; reinstall editseg.")
+    pipeline = Flux2KleinPipeline.from_pretrained(TOY_SHAPES_DIR, dtype=dtype).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    return Flux2KleinBackbone(pipeline, name=TOY_SHAPES)
+
+
 BUILT_IN: dict[str, tuple[Callable[[torch.device, torch.dtype], Backbone], str]] = {
     TINY_RANDOM: (_tiny_random, "built in, random weights (for trying editseg offline; output meaningless)"),
+    TOY_SHAPES: (_toy_shapes, "built in, tiny FLUX.2-klein editor trained on the synthetic shapes world (64x64 scenes)"),
 }
 
 

@@ -1,0 +1,90 @@
+"""``editseg toy train|eval``: train the toy shapes editor and score it on the shapes benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
+
+__all__ = ["HANDLERS", "register", "run_toy"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``toy`` command (with ``train`` and ``eval`` sub-commands)."""
+    toy = subparsers.add_parser("toy", help="train or evaluate the tiny shapes-world editing model")
+    actions = toy.add_subparsers(dest="toy_command")
+
+    train = actions.add_parser("train", help="train a toy FLUX.2-klein editor on the shapes world (CPU)")
+    train.add_argument("--out", required=True, help="output folder (checkpoint, log, pipeline/)")
+    train.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget (default 90)")
+    train.add_argument("--steps", type=int, default=4500, help="optimizer steps (default 4500)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--pool-size", type=int, default=40000, help="distinct training scenes (default 40000)")
+    train.add_argument("--full-text-fraction", type=float, default=0.08,
+                       help="last fraction of steps with the full 512-token text padding (default 0.08)")
+    train.add_argument("--full-text-minutes", type=float, default=0.0,
+                       help="also use the full 512-token padding in the last N minutes of the budget")
+    train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = actions.add_parser("eval", help="score a model on the shapes benchmark through the Segmenter API")
+    evaluate.add_argument("--model", default="toy-shapes", help="model name or pipeline folder (default toy-shapes)")
+    evaluate.add_argument("--n", type=int, default=200, help="benchmark samples (default 200)")
+    evaluate.add_argument("--ablation", action="store_true", help="also print the ablation table")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+
+
+def run_toy(args: argparse.Namespace) -> int:
+    if args.toy_command == "train":
+        return _train(args)
+    if args.toy_command == "eval":
+        return _eval(args)
+    print("usage: editseg toy {train,eval} ...")
+    return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        steps=args.steps,
+        minutes=args.minutes,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        pool_size=args.pool_size,
+        full_text_fraction=args.full_text_fraction,
+        full_text_minutes=args.full_text_minutes,
+        threads=args.threads,
+    )
+    final = train(args.out, config, progress=not args.no_progress)
+    print(f"saved {final}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..config import MethodConfig
+    from .evaluate import ablation_configs, load_segmenter, markdown_table, score
+
+    torch.set_num_threads(1)
+    from ..data.shapes import shapes_benchmark
+
+    segmenter = load_segmenter(args.model)
+    samples = shapes_benchmark(args.n)
+    backbone = segmenter.backbone
+    rows = ablation_configs(backbone.num_blocks, backbone.default_feature_block) if args.ablation else [
+        (f"full (tau 0.8, block {backbone.default_feature_block}, expression tokens)", MethodConfig())
+    ]
+    results = [score(segmenter, samples, config, label) for label, config in rows]
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        print(markdown_table(results))
+    return 0
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"toy": run_toy}

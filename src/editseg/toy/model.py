@@ -1,0 +1,175 @@
+"""The toy editor: a ``Flux2KleinPipeline`` of the real classes at a tiny size.
+
+- Tokenizer: byte-level BPE trained in-process on the shapes grammar's vocabulary, so every
+  grammar word (with or without a leading space) is one token; Qwen-style specials and chat template.
+- Text encoder: ``Qwen3ForCausalLM`` with 28 layers (klein reads hidden states 9/18/27) whose
+  attention and MLP output projections are zero, so every block is the identity on the residual
+  stream and the text features are the (trained) token embeddings, three times. Context is mixed
+  by the transformer's double-stream text blocks, as in klein. :func:`text_embeddings` is the
+  cheap training path; it equals ``Flux2KleinBackbone.encode_text`` exactly (tested).
+- Codec: ``AutoencoderKLFlux2`` with a fixed (untrained, seeded) encoder; its BatchNorm statistics
+  are set from the training images so that latents are standardised. The decoder is unused.
+- Transformer: ``Flux2Transformer2DModel`` at small width/depth, trained with rectified flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+
+TOY_ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-shapes"
+TEXT_LAYERS = (9, 18, 27)
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Sizes of the toy editor."""
+
+    text_hidden: int = 32
+    text_layers: int = 28
+    heads: int = 4
+    head_dim: int = 32
+    double_blocks: int = 2
+    single_blocks: int = 4
+    mlp_ratio: float = 3.0
+    vae_channels: tuple[int, ...] = (16, 32, 32)  # 3 blocks: 4x down, 8 px per token
+    latent_channels: int = 8
+    vocab_size: int = 512
+    embedding_std: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ToyConfig":
+        data = dict(data)
+        data["vae_channels"] = tuple(data["vae_channels"])
+        return cls(**data)
+
+
+def grammar_words() -> list[str]:
+    """Every word the shapes grammar can produce, plus instruction and chat-template words."""
+    from ..data import shapes_grammar as g
+
+    tables = [g.SHAPE_WORDS, g.COLOR_WORDS, g.SIZE_WORDS, g.DIRECTION_ADJECTIVES, g.DIRECTION_PHRASES,
+              g.EXTREME_WORDS, g.RELATION_WORDS]
+    words = {w for table in tables for values in table.values() for phrase in values for w in phrase.split()}
+    words |= {w for phrase in g.GENERIC_WORDS for w in phrase.split()}
+    words |= {a for a, _ in g.ARTICLES if a}
+    words |= {"remove", "make", "from", "image", "user", "assistant", "system", "a", "of", "in", "and"}
+    return sorted(words)
+
+
+def toy_tokenizer(vocab_size: int = 512):
+    """Byte-level BPE whose vocabulary holds each grammar word as one token (both ``w`` and `` w``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    words = grammar_words()
+    corpus = [f"{w} {w}\n{w} {w}" for w in words for _ in range(8)]
+    backend.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
+    """An untrained toy ``Flux2KleinPipeline`` (float32, CPU), deterministic for ``seed``."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = toy_tokenizer(config.vocab_size)
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_hidden,
+            intermediate_size=2 * config.text_hidden,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=1024,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+        )
+    ).eval()
+    with torch.no_grad():
+        for layer in text_encoder.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        text_encoder.model.embed_tokens.weight.normal_(0.0, config.embedding_std)
+    blocks = len(config.vae_channels)
+    vae = AutoencoderKLFlux2(
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        latent_channels=config.latent_channels,
+        norm_num_groups=min(8, config.vae_channels[0]),
+        sample_size=64,
+    ).eval()
+    rope_axis = config.head_dim // 4
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=config.latent_channels * 4,
+        num_layers=config.double_blocks,
+        num_single_layers=config.single_blocks,
+        attention_head_dim=config.head_dim,
+        num_attention_heads=config.heads,
+        joint_attention_dim=len(TEXT_LAYERS) * config.text_hidden,
+        timestep_guidance_channels=64,
+        mlp_ratio=config.mlp_ratio,
+        axes_dims_rope=(rope_axis,) * 4,
+        guidance_embeds=False,
+    )
+    pipeline = Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=True,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def text_embeddings(pipeline, input_ids: torch.Tensor) -> torch.Tensor:
+    """Transformer text input for the toy encoder: its identity blocks make hidden states 9/18/27
+    equal to the token embeddings, so this skips the 28 blocks (and keeps gradients)."""
+    embeds = pipeline.text_encoder.model.embed_tokens(input_ids)
+    return torch.cat([embeds] * len(TEXT_LAYERS), dim=-1)
+
+
+def parameter_counts(pipeline) -> dict[str, int]:
+    """Parameters per component."""
+    return {
+        name: sum(p.numel() for p in getattr(pipeline, name).parameters())
+        for name in ("transformer", "text_encoder", "vae")
+    }

@@ -1,0 +1,99 @@
+"""Oracle tests: the shipped toy editor (trained on the shapes world) grounds expressions, and
+deliberately broken variants of the method score clearly worse.
+
+Everything goes through the real API (``Segmenter`` → ``Flux2KleinBackbone`` → probes → method) on
+a fixed subset of the shapes benchmark. Floors sit a safe margin below the measured values
+(see ``src/editseg/assets/toy-shapes/MODEL_CARD.md``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editseg.backbones.flux2 import Flux2KleinBackbone
+from editseg.config import MethodConfig
+from editseg.data.shapes import shapes_benchmark
+from editseg.probes import TokenLayout
+from editseg.text import PromptTokens
+from editseg.toy.evaluate import load_segmenter, score
+from editseg.toy.model import TOY_ASSET_DIR
+
+N_SAMPLES = 32
+MIOU_FLOOR = 0.30
+RAM_POINT_FLOOR = 0.55
+
+pytestmark = pytest.mark.skipif(
+    not (TOY_ASSET_DIR / "model_index.json").is_file(), reason="toy-shapes weights are not shipped in this checkout"
+)
+
+
+@pytest.fixture(scope="module")
+def toy_segmenter():
+    torch.manual_seed(0)
+    return load_segmenter("toy-shapes")
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return shapes_benchmark(N_SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def reference(toy_segmenter, samples):
+    return score(toy_segmenter, samples, MethodConfig(), "full")
+
+
+def test_toy_model_loads_as_a_trained_klein_backbone(toy_segmenter):
+    backbone = toy_segmenter.backbone
+    assert isinstance(backbone, Flux2KleinBackbone)
+    assert backbone.name == "toy-shapes" and not backbone.is_random
+
+
+def test_full_method_segments_the_referred_shape(reference):
+    assert reference.mIoU >= MIOU_FLOOR, reference
+
+
+def test_ram_argmax_lands_on_the_target_far_above_chance(reference):
+    assert reference.chance < 0.1
+    assert reference.ram_point_accuracy >= RAM_POINT_FLOOR, reference
+    assert reference.ram_point_accuracy >= 5 * reference.chance, reference
+
+
+def test_padding_tokens_as_the_prompt_break_grounding(toy_segmenter, samples, reference, monkeypatch):
+    """Eqs. 3-4 summed over padding positions instead of the expression's tokens."""
+    original = PromptTokens.indices
+
+    def padding_indices(self: PromptTokens, token_set: str = "expression") -> list[int]:
+        count = len(original(self, token_set))
+        return list(range(self.num_real_tokens + 8, self.num_real_tokens + 8 + count))
+
+    monkeypatch.setattr(PromptTokens, "indices", padding_indices)
+    broken = score(toy_segmenter, samples, MethodConfig(), "padding prompt")
+    assert broken.ram_point_accuracy <= reference.ram_point_accuracy - 0.25, (broken, reference)
+    assert broken.mIoU <= reference.mIoU - 0.1, (broken, reference)
+
+
+class _NoisyAsClean(TokenLayout):
+    """A layout whose "clean" tokens are the noisy ones (pure noise at the first step)."""
+
+    @property
+    def clean(self) -> slice:
+        return self.noisy
+
+    @property
+    def clean_in_image_stream(self) -> slice:
+        return slice(0, self.noisy_len)
+
+
+def test_noisy_tokens_in_place_of_clean_tokens_break_grounding(toy_segmenter, samples, reference, monkeypatch):
+    original = Flux2KleinBackbone.layout_for
+
+    def swapped(self, image, text):
+        layout = original(self, image, text)
+        return _NoisyAsClean(layout.text_len, layout.noisy_len, layout.clean_len, layout.grid)
+
+    monkeypatch.setattr(Flux2KleinBackbone, "layout_for", swapped)
+    broken = score(toy_segmenter, samples, MethodConfig(), "noisy as clean")
+    assert broken.ram_point_accuracy <= reference.ram_point_accuracy - 0.25, (broken, reference)
+    assert broken.mIoU <= reference.mIoU - 0.1, (broken, reference)

@@ -1,0 +1,70 @@
+"""The toy editor's training loop: inputs match the inference path, and a few steps lower the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editseg.backbones.flux2 import MAX_SEQUENCE_LENGTH, Flux2KleinBackbone
+from editseg.data.shapes import ShapesWorld
+from editseg.toy.model import ToyConfig, build_toy_pipeline, grammar_words, text_embeddings
+from editseg.toy.train import ShapesLatents, TrainConfig, batch_indices, lr_at, text_len_at, token_change_mask, train
+
+TINY = ToyConfig(heads=2, head_dim=16, double_blocks=1, single_blocks=1, vae_channels=(4, 8, 8), latent_channels=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_toy():
+    pipeline = build_toy_pipeline(TINY, seed=0)
+    return Flux2KleinBackbone(pipeline, name="toy-test")
+
+
+def test_grammar_words_are_single_tokens(tiny_toy):
+    tokenizer = tiny_toy.pipeline.tokenizer
+    for word in grammar_words():
+        assert len(tokenizer(" " + word)["input_ids"]) == 1, word
+        assert len(tokenizer(word)["input_ids"]) == 1, word
+
+
+def test_training_inputs_equal_inference_inputs(tiny_toy):
+    """Batched training latents and text embeddings equal what the backbone builds at inference."""
+    sample = ShapesWorld(seed=3).sample("train", 0)
+    data = ShapesLatents(tiny_toy, ShapesWorld(seed=3), pool_size=1)
+    batch = data.batch([0], MAX_SEQUENCE_LENGTH)
+    with torch.no_grad():
+        prepared = tiny_toy.prepare_image(Image.fromarray(sample.image))
+        encoded = tiny_toy.encode_text([sample.expression], [sample.instruction])
+        assert torch.allclose(batch["source"][0], prepared.tensors["latents"][0], atol=1e-6)
+        assert torch.equal(text_embeddings(tiny_toy.pipeline, batch["input_ids"]), encoded.tensors["embeds"])
+    target = data.encode_images([sample.target])[0]
+    assert torch.allclose(batch["target"][0], target)
+    assert batch["changed"][0].sum() > 0
+
+
+def test_schedule_and_data_order_are_deterministic():
+    config = TrainConfig(steps=100, warmup_steps=10, full_text_fraction=0.2)
+    assert batch_indices(7, 4, 40, 0) == batch_indices(7, 4, 40, 0)
+    assert batch_indices(7, 4, 40, 0) != batch_indices(7, 4, 40, 1)
+    assert sorted(sum((batch_indices(s, 4, 40, 0) for s in range(10)), [])) == list(range(40))
+    assert lr_at(0, config) < lr_at(9, config) == pytest.approx(config.lr)
+    assert lr_at(99, config) < 0.1 * config.lr
+    assert text_len_at(79, config) == config.short_text_len and text_len_at(80, config) == MAX_SEQUENCE_LENGTH
+    mask = np.zeros((64, 64), bool)
+    mask[0:3, 60:64] = True
+    assert token_change_mask(mask, 8).nonzero()[0].tolist() == [7]
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    config = TrainConfig(
+        steps=30, minutes=2, batch_size=8, lr=3e-3, warmup_steps=1, pool_size=8, p_first_step=1.0,
+        full_text_fraction=0.0, short_text_len=40, val_every=0, log_every=1, calibration_samples=8,
+        checkpoint_minutes=100, model=TINY,
+    )
+    losses = []
+    final = train(tmp_path / "run", config, progress=False, on_log=lambda record: losses.append(record["loss"]))
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert (final / "model_index.json").is_file()
+    assert (tmp_path / "run" / "train_log.jsonl").read_text().count("\n") == 30
