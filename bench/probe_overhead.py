@@ -180,12 +180,17 @@ def main() -> None:
     for r in rows:
         print(f"| {r['size']} | {r['tokens']} | {r['bare_s']:.2f} | {r['probe_s']:.2f} | {r['probe_s'] / r['bare_s']:.3f} "
               f"| {r['whole_ratio']:.3f} | {r['extra_bare_mb']:.0f} → {r['extra_probe_mb']:.0f} | {r['probe_only_mb']:.0f} |")
-    small, large = rows
-    token_growth = (large["tokens"] / small["tokens"])
-    print(f"\nimage tokens grow x{token_growth:.2f} from 512² to 1024²; probe-only memory grows "
-          f"x{large['probe_only_mb'] / max(small['probe_only_mb'], 1e-9):.2f} (linear would be ~x{token_growth:.2f}, "
-          f"quadratic ~x{token_growth ** 2:.1f}). A materialised head-mean clean→all attention map alone would take "
-          f"{4 * (large['tokens'] - 512) / 2 * large['tokens'] / 2**20:.0f} MB per block at 1024².")
+    heads, width = args.heads, 128
+    for r in rows:
+        total = r["tokens"]
+        clean = (total - 512) // 2
+        # Transient probe tensors of one block (float32): widened q, k, v (+8 channels), clean-row q
+        # and all keys for step 2, the step-2 value and output: all linear in the token count.
+        linear_bound = 4 * heads * (3 * total * (width + 8) + clean * width + total * width + 2 * clean * width)
+        quadratic = 4 * clean * total  # one head-mean clean→all attention map, per block
+        print(f"{r['size']}: probe-only peak {r['probe_only_mb']:.0f} MB measured; transient probe tensors "
+              f"<= {linear_bound / 2**20:.0f} MB per block (linear in tokens); a materialised head-mean "
+              f"clean→all map would be {quadratic / 2**20:.0f} MB per block ({r['blocks']} blocks probed).")
 
 
 if __name__ == "__main__":
