@@ -51,6 +51,11 @@ def test_schedule_and_data_order_are_deterministic():
     assert lr_at(0, config) < lr_at(9, config) == pytest.approx(config.lr)
     assert lr_at(99, config) < 0.1 * config.lr
     assert text_len_at(79, config) == config.short_text_len and text_len_at(80, config) == MAX_SEQUENCE_LENGTH
+    # When the wall-clock budget binds, the schedule follows the clock.
+    timed = TrainConfig(steps=1000, warmup_steps=10, full_text_minutes=5)
+    assert text_len_at(0, timed, remaining_s=299) == MAX_SEQUENCE_LENGTH
+    assert text_len_at(0, timed, remaining_s=301) == timed.short_text_len
+    assert lr_at(20, timed, time_progress=1.0) == pytest.approx(timed.lr * timed.min_lr_ratio)
     mask = np.zeros((64, 64), bool)
     mask[0:3, 60:64] = True
     assert token_change_mask(mask, 8).nonzero()[0].tolist() == [7]
@@ -59,7 +64,7 @@ def test_schedule_and_data_order_are_deterministic():
 def test_a_few_steps_lower_the_loss(tmp_path):
     config = TrainConfig(
         steps=30, minutes=2, batch_size=8, lr=3e-3, warmup_steps=1, pool_size=8, p_first_step=1.0,
-        full_text_fraction=0.0, short_text_len=40, val_every=0, log_every=1, calibration_samples=8,
+        full_text_fraction=0.0, full_text_minutes=0.0, short_text_len=40, val_every=0, log_every=1, calibration_samples=8,
         checkpoint_minutes=100, model=TINY,
     )
     losses = []

@@ -47,21 +47,21 @@ LOG = "train_log.jsonl"
 class TrainConfig:
     """Training settings (all of them go into the model card)."""
 
-    steps: int = 4000
-    minutes: float = 90.0  # wall-clock budget: stop (and save) when spent, whatever the step
+    steps: int = 20000
+    minutes: float = 95.0  # wall-clock budget: stop (and save) when spent, whatever the step
     seed: int = 0
     batch_size: int = 16
-    lr: float = 6e-4
+    lr: float = 1e-3
     warmup_steps: int = 150
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    p_first_step: float = 0.6
-    changed_weight: float = 4.0
+    p_first_step: float = 0.8
+    changed_weight: float = 9.0
     short_text_len: int = 64
-    full_text_fraction: float = 0.08
-    full_text_minutes: float = 0.0  # also reserve this much of the budget for the full-text phase
-    pool_size: int = 16000
+    full_text_fraction: float = 0.05
+    full_text_minutes: float = 12.0  # also reserve this much of the budget for the full-text phase
+    pool_size: int = 40000
     world_seed: int = 0
     image_size: int = 64
     checkpoint_minutes: float = 10.0
