@@ -105,3 +105,18 @@ def test_local_folder_loads_through_from_pretrained(tiny_pipeline, tmp_path, ran
     monkeypatch.setenv("EDITSEG_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert load_backbone("someorg/FLUX.2-klein-tiny", device="cpu").num_blocks == 5
+
+
+def test_demo_writes_one_row_per_object_with_unique_expressions(tmp_path, capsys):
+    from editseg.data import shapes_grammar
+    from editseg.demo import demo_expressions, demo_scene
+
+    scene = demo_scene(64)
+    pairs = demo_expressions(scene)
+    assert len(pairs) == len(scene.objects) >= 2
+    for target, (expression, truth) in enumerate(pairs):
+        assert shapes_grammar.resolve(scene.objects, shapes_grammar.parse_expression(expression)) == [target]
+        np.testing.assert_array_equal(truth, scene.object_masks[target])
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    picture = Image.open(tmp_path / "demo.png")
+    assert picture.width > 5 * 160 and picture.height >= len(pairs) * 160

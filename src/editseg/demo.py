@@ -1,45 +1,69 @@
-"""``editseg demo``: segment a few expressions in a built-in scene and write one picture."""
+"""``editseg demo``: segment several expressions in one synthetic shapes scene and write a picture.
+
+Each row shows the scene, the CAM, the RAM, the predicted mask and the ground truth for one
+expression. The scene comes from the shapes world (``editseg.data.shapes``) that the built-in
+``toy-shapes`` model was trained on; other models get the same scene at a larger size.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .api import Segmenter
+from .data import shapes_grammar
+from .data.shapes import ShapesSample, ShapesWorld
+from .evaluation.metrics import mask_iou
 from .viz import heatmap, overlay, panel_row, stack_rows
 
-DEMO_EXPRESSIONS = ["the red circle", "the blue square", "the yellow triangle on the right"]
+DEMO_SEED = 7
+DEMO_INDEX = 11
+KIND_ORDER = ("relational", "superlative", "spatial", "attribute")
 
 
-def demo_scene(size: int = 256) -> Image.Image:
-    """A simple scene with a red circle, a blue square and a yellow triangle on a soft gradient."""
-    ramp = np.linspace(200, 235, size, dtype=np.float32)
-    background = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), np.full((size, size), 215)], -1)
-    image = Image.fromarray(background.astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    s = size / 256
-    draw.ellipse([30 * s, 40 * s, 110 * s, 120 * s], fill=(220, 30, 30))
-    draw.rectangle([140 * s, 30 * s, 220 * s, 110 * s], fill=(30, 60, 220))
-    draw.polygon([(170 * s, 150 * s), (230 * s, 235 * s), (110 * s, 235 * s)], fill=(240, 210, 20))
-    return image
+def demo_scene(image_size: int = 64) -> ShapesSample:
+    """A fixed test-split scene of the shapes world."""
+    return ShapesWorld(image_size=image_size, seed=DEMO_SEED).sample("test", DEMO_INDEX)
 
 
-def run_demo(segmenter: Segmenter, out_dir: Path, expressions: list[str] | None = None) -> Path:
-    """Segment ``expressions`` in the demo scene; write ``demo.png`` (image, CAM, RAM, mask per row)."""
+def demo_expressions(scene: ShapesSample, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """One expression per object (preferring relational/superlative ones) with its ground-truth mask."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for target in range(len(scene.objects)):
+        options = shapes_grammar.valid_expressions(scene.objects, target)
+        for kind in KIND_ORDER:
+            if options.get(kind):
+                pairs.append((shapes_grammar.realize_expression(options[kind][0], rng), scene.object_masks[target]))
+                break
+    return pairs
+
+
+def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
+    """Segment every object of the demo scene by an expression; write ``demo.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    image = demo_scene()
-    expressions = expressions or DEMO_EXPRESSIONS
-    results = segmenter.segment(image, expressions)
+    size = 64 if segmenter.backbone.name == "toy-shapes" else 512
+    scene = demo_scene(size)
+    pairs = demo_expressions(scene)
+    image = Image.fromarray(scene.image)
+    results = segmenter.segment(image, [expression for expression, _ in pairs])
     rows = []
-    for result in results:
-        caption = f"{result.expression!r} -> {result.instruction!r}"
+    for result, (_, truth) in zip(results, pairs):
+        caption = f"{result.expression!r} -> {result.instruction!r}   IoU {mask_iou(result.mask, truth):.2f}"
         if segmenter.backbone.is_random:
             caption += "   [RANDOM WEIGHTS: meaningless]"
         rows.append(
             panel_row(
-                [("image", image), ("CAM", heatmap(result.cam)), ("RAM", heatmap(result.ram)), ("mask", overlay(image, result.mask))],
+                [
+                    ("image", image),
+                    ("CAM", heatmap(result.cam)),
+                    ("RAM", heatmap(result.ram)),
+                    ("mask", overlay(image, result.mask)),
+                    ("ground truth", overlay(image, truth, color=(40, 200, 40))),
+                ],
+                height=160,
                 caption=caption,
             )
         )
