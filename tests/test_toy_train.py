@@ -36,10 +36,11 @@ def test_training_inputs_equal_inference_inputs(tiny_toy):
     with torch.no_grad():
         prepared = tiny_toy.prepare_image(Image.fromarray(sample.image))
         encoded = tiny_toy.encode_text([sample.expression], [sample.instruction])
-        assert torch.allclose(batch["source"][0], prepared.tensors["latents"][0], atol=1e-6)
+        # the batched VAE pass may pick another convolution algorithm: float rounding only
+        torch.testing.assert_close(batch["source"][0], prepared.tensors["latents"][0], rtol=1e-5, atol=1e-5)
         assert torch.equal(text_embeddings(tiny_toy.pipeline, batch["input_ids"]), encoded.tensors["embeds"])
     target = data.encode_images([sample.target])[0]
-    assert torch.allclose(batch["target"][0], target)
+    torch.testing.assert_close(batch["target"][0], target, rtol=1e-5, atol=1e-5)
     assert batch["changed"][0].sum() > 0
 
 

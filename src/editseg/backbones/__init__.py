@@ -65,7 +65,8 @@ def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
 
 BUILT_IN: dict[str, tuple[Callable[[torch.device, torch.dtype], Backbone], str]] = {
     TINY_RANDOM: (_tiny_random, "built in, random weights (for trying editseg offline; output meaningless)"),
-    TOY_SHAPES: (_toy_shapes, "built in, tiny FLUX.2-klein editor trained on the synthetic shapes world (64x64 scenes)"),
+    TOY_SHAPES: (_toy_shapes, "built in, tiny FLUX.2-klein editor trained on the shapes world (64x64); EXPERIMENTAL: it edits "
+        "the referent above chance but its attention does not ground it yet (assets/toy-shapes/MODEL_CARD.md)"),
 }
 
 
