@@ -25,8 +25,9 @@ from the image and keep background unchanged make it a photo of two three one th
 user assistant system""".split()
 
 
-def byte_level_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained in-process, with Qwen-style specials and chat template."""
+def byte_level_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer trained in-process on ``corpus`` (default: a small mixed-word
+    corpus), with Qwen-style specials and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,7 +40,8 @@ def byte_level_tokenizer(vocab_size: int = 512):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = [" ".join(_CORPUS[i : i + 12]) for i in range(0, len(_CORPUS), 3)] * 4
+    if corpus is None:
+        corpus = [" ".join(_CORPUS[i : i + 12]) for i in range(0, len(_CORPUS), 3)] * 4
     backend.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

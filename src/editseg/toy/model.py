@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..backbones.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+from ..backbones.tiny import byte_level_tokenizer
 
 TOY_ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-shapes"
 TEXT_LAYERS = (9, 18, 27)
@@ -67,30 +67,8 @@ def grammar_words() -> list[str]:
 
 def toy_tokenizer(vocab_size: int = 512):
     """Byte-level BPE whose vocabulary holds each grammar word as one token (both ``w`` and `` w``)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    words = grammar_words()
-    corpus = [f"{w} {w}\n{w} {w}" for w in words for _ in range(8)]
-    backend.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.padding_side = "right"
-    return tokenizer
+    corpus = [f"{w} {w}\n{w} {w}" for w in grammar_words() for _ in range(8)]
+    return byte_level_tokenizer(vocab_size, corpus)
 
 
 def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
