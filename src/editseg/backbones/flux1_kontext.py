@@ -29,7 +29,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 from PIL import Image
 
@@ -38,7 +37,7 @@ from ..geometry import ImageGeometry
 from ..probes import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import align_prompt
 from .base import Backbone, EncodedText, PreparedImage
-from .processors import ProbeProcessor, swapped_processors
+from .processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 
 MAX_SEQUENCE_LENGTH = 512  # the pipeline's default (and maximum) T5 length
 MAX_AREA = 1024 * 1024  # the pipeline's default ``max_area`` for the generated canvas
@@ -60,17 +59,8 @@ class FluxKontextProbeProcessor(ProbeProcessor):
         rows = layout.clean_in_image_stream if encoder_hidden_states is not None else layout.clean
         self.recorder.record_feature("adaln", self.block, hidden_states[:, rows])
         query, key, value, enc_query, enc_key, enc_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        if attn.added_kv_proj_dim is not None:
-            enc_query, enc_key, enc_value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (enc_query, enc_key, enc_value))
-            enc_query, enc_key = attn.norm_added_q(enc_query), attn.norm_added_k(enc_key)
-            query = torch.cat([enc_query, query], dim=1)
-            key = torch.cat([enc_key, key], dim=1)
-            value = torch.cat([enc_value, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        added = (enc_query, enc_key, enc_value) if attn.added_kv_proj_dim is not None else None
+        query, key, value = flux_joint_qkv(attn, query, key, value, added, image_rotary_emb)
         out = self.attend(query, key, value, attention_mask)
         self.recorder.record_feature("attn", self.block, out[:, layout.clean])
 

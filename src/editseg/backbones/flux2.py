@@ -15,10 +15,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux2 import (
     Flux2AttnProcessor,
     Flux2ParallelSelfAttnProcessor,
+    _get_qkv_projections,
 )
 from PIL import Image
 
@@ -27,31 +27,12 @@ from ..geometry import ImageGeometry
 from ..probes import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import align_prompt
 from .base import Backbone, EncodedText, PreparedImage
-from .processors import ProbeProcessor, swapped_processors
+from .processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 
 MAX_SEQUENCE_LENGTH = 512
 TEXT_ENCODER_LAYERS = (9, 18, 27)
 MAX_AREA = 1024 * 1024
 GUIDANCE_SCALE = 4.0  # Flux2KleinPipeline's default, used by undistilled (base) models
-
-
-def _projections(attn, hidden_states, encoder_hidden_states=None):
-    """q, k, v (and the text stream's, when given) exactly as diffusers' Flux2 processors compute them."""
-    if getattr(attn, "fused_projections", False):
-        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        added = (None, None, None)
-        if encoder_hidden_states is not None:
-            added = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
-    else:
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        added = (None, None, None)
-        if encoder_hidden_states is not None:
-            added = (
-                attn.add_q_proj(encoder_hidden_states),
-                attn.add_k_proj(encoder_hidden_states),
-                attn.add_v_proj(encoder_hidden_states),
-            )
-    return query, key, value, *added
 
 
 class Flux2DoubleStreamProbeProcessor(ProbeProcessor):
@@ -60,18 +41,9 @@ class Flux2DoubleStreamProbeProcessor(ProbeProcessor):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         layout = self.recorder.layout
         self.recorder.record_feature("adaln", self.block, hidden_states[:, layout.clean_in_image_stream])
-        query, key, value, enc_query, enc_key, enc_value = _projections(attn, hidden_states, encoder_hidden_states)
-        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        if attn.added_kv_proj_dim is not None:
-            enc_query, enc_key, enc_value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (enc_query, enc_key, enc_value))
-            enc_query, enc_key = attn.norm_added_q(enc_query), attn.norm_added_k(enc_key)
-            query = torch.cat([enc_query, query], dim=1)
-            key = torch.cat([enc_key, key], dim=1)
-            value = torch.cat([enc_value, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        query, key, value, enc_query, enc_key, enc_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        added = (enc_query, enc_key, enc_value) if attn.added_kv_proj_dim is not None else None
+        query, key, value = flux_joint_qkv(attn, query, key, value, added, image_rotary_emb)
 
         out = self.attend(query, key, value, attention_mask)
         self.recorder.record_feature("attn", self.block, out[:, layout.clean])
@@ -94,11 +66,7 @@ class Flux2SingleStreamProbeProcessor(ProbeProcessor):
         mlp_dim = attn.mlp_hidden_dim * attn.mlp_mult_factor
         local_qkv = projected.shape[-1] * qkv_dim // (qkv_dim + mlp_dim)
         qkv, mlp_hidden = torch.split(projected, [local_qkv, projected.shape[-1] - local_qkv], dim=-1)
-        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in qkv.chunk(3, dim=-1))
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        query, key, value = flux_joint_qkv(attn, *qkv.chunk(3, dim=-1), image_rotary_emb=image_rotary_emb)
 
         out = self.attend(query, key, value, attention_mask)
         self.recorder.record_feature("attn", self.block, out[:, layout.clean])

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
 
 from ..errors import UnsupportedModelError
 from ..probes import ProbeRecorder
@@ -43,6 +44,24 @@ class ProbeProcessor:
 
         out = self.recorder.attend(self.block, query, key, value, attend, attn_mask=attention_mask)
         return out.flatten(2, 3).to(query.dtype)
+
+
+def flux_joint_qkv(attn, query, key, value, added=None, image_rotary_emb=None):
+    """q, k, v of a FLUX-style block (FLUX.1 and FLUX.2) exactly as diffusers' processors build them:
+    heads unflattened, QK-norm, the text stream's own (``added``: q, k, v or None) prepended with
+    its own norms, then RoPE over the joint sequence. Tensors are (batch, seq, heads, head_dim)."""
+    query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    if added is not None:
+        enc_query, enc_key, enc_value = (t.unflatten(-1, (-1, attn.head_dim)) for t in added)
+        enc_query, enc_key = attn.norm_added_q(enc_query), attn.norm_added_k(enc_key)
+        query = torch.cat([enc_query, query], dim=1)
+        key = torch.cat([enc_key, key], dim=1)
+        value = torch.cat([enc_value, value], dim=1)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    return query, key, value
 
 
 @contextmanager
