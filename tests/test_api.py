@@ -134,3 +134,10 @@ def test_timestep_index_changes_the_noisy_tokens_only(segmenter, random_image):
     assert not np.allclose(first.ram_tokens, later.ram_tokens)
     with pytest.raises(ConfigError):
         MethodConfig(timestep_index=10, num_inference_steps=10)
+
+
+def test_max_side_keeps_the_short_side_at_the_pipelines_minimum(tiny_backbone):
+    """A wide image shrunk to max_side would fall below Flux2's 64 px minimum: its short side stays 64."""
+    geometry = tiny_backbone.preprocess_geometry((400, 200), max_side=64)
+    assert geometry.resized_size == (128, 64)
+    assert tiny_backbone.preprocess_geometry((400, 300), max_side=200).resized_size == (200, 150)

@@ -32,6 +32,7 @@ from .processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 MAX_SEQUENCE_LENGTH = 512
 TEXT_ENCODER_LAYERS = (9, 18, 27)
 MAX_AREA = 1024 * 1024
+MIN_SIDE = 64  # Flux2ImageProcessor refuses smaller images
 GUIDANCE_SCALE = 4.0  # Flux2KleinPipeline's default, used by undistilled (base) models
 
 
@@ -102,8 +103,22 @@ class Flux2KleinBackbone(Backbone):
     (``editseg.backbones.tiny``); the code path is the same.
     """
 
-    def __init__(self, pipeline, name: str, is_random: bool = False, default_max_side: int | None = None):
+    def __init__(
+        self,
+        pipeline,
+        name: str,
+        is_random: bool = False,
+        default_max_side: int | None = None,
+        max_sequence_length: int | None = None,
+    ):
+        """``max_sequence_length`` is the pipeline's argument of that name: the text stream is padded
+        to it. Default: klein's 512, or the tokenizer's ``model_max_length`` where that is shorter
+        (the toy shapes model declares 32, the length it was trained with)."""
         self.pipeline = pipeline
+        if max_sequence_length is None:
+            declared = getattr(pipeline.tokenizer, "model_max_length", None) or MAX_SEQUENCE_LENGTH
+            max_sequence_length = min(MAX_SEQUENCE_LENGTH, int(declared))
+        self.max_sequence_length = max_sequence_length
         self.default_max_side = default_max_side
         self.name = name
         self.is_random = is_random
@@ -124,11 +139,12 @@ class Flux2KleinBackbone(Backbone):
     def preprocess_geometry(self, size: tuple[int, int], max_side: int | None = None) -> ImageGeometry:
         """The pipeline's rule: above 1 MP, resize to 1 MP (aspect kept); then centre-crop each side
         down to a multiple of the patch (16 px). ``max_side`` (ours, optional) first shrinks the
-        image so that its longer side is at most ``max_side``."""
+        image so that its longer side is at most ``max_side``, but not its shorter side below 64 px."""
         width, height = size
         resized = (width, height)
         if max_side is not None and max(resized) > max_side:
-            scale = max_side / max(resized)
+            # never below the pipeline's 64 px minimum on the short side
+            scale = max(max_side / max(resized), min(1.0, MIN_SIDE / min(resized)))
             resized = (max(1, round(width * scale)), max(1, round(height * scale)))
         if resized[0] * resized[1] > MAX_AREA:
             scale = math.sqrt(MAX_AREA / (resized[0] * resized[1]))
@@ -175,24 +191,24 @@ class Flux2KleinBackbone(Backbone):
         image: PreparedImage | None = None,
         align: bool = True,
     ) -> EncodedText:
-        """Qwen3 chat template, 512 padded tokens, hidden layers 9/18/27 (the text encoder does not
+        """Qwen3 chat template, padded to ``max_sequence_length`` tokens (512), hidden layers 9/18/27 (the text encoder does not
         see the image, so ``image`` is unused); ``align=False`` skips the word→token map."""
         pipe = self.pipeline
         tokenizer = pipe.tokenizer
         texts = [self.chat_text(instruction) for instruction in instructions]
         full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
         for expression, length in zip(expressions, full_lengths):
-            if length > MAX_SEQUENCE_LENGTH:
+            if length > self.max_sequence_length:
                 raise ExpressionError(
                     f"Expression too long: its instruction needs {length} text tokens, "
-                    f"{self.name} reads at most {MAX_SEQUENCE_LENGTH}. Shorten it: {expression[:80]!r}..."
+                    f"{self.name} reads at most {self.max_sequence_length}. Shorten it: {expression[:80]!r}..."
                 )
         encoded = tokenizer(
             texts,
             return_tensors="pt",
             padding="max_length",
             truncation=True,
-            max_length=MAX_SEQUENCE_LENGTH,
+            max_length=self.max_sequence_length,
             return_offsets_mapping=True,
         )
         prompts = [
@@ -288,6 +304,29 @@ class Flux2KleinBackbone(Backbone):
         inputs["hidden_states"] = torch.cat([latents, clean], dim=1).to(pipe.transformer.dtype)
         inputs["timestep"] = (timesteps[step_index].expand(batch) / 1000).to(latents.dtype)
         return inputs
+
+    def first_step_clean_estimate(self, image: PreparedImage, text: EncodedText, seed: int = 0) -> torch.Tensor:
+        """The edited image the model predicts at the first step, as packed latent tokens:
+        ``x0 = x1 - v`` (rectified flow at sigma 1), shape (batch, tokens, channels)."""
+        inputs = self.first_step_inputs(image, text, seed)
+        noisy_len = image.tensors["latents"].shape[1]
+        with torch.inference_mode():
+            velocity = self.pipeline.transformer(**inputs, return_dict=False)[0][:, :noisy_len]
+        return inputs["hidden_states"][:, :noisy_len] - velocity
+
+    def decode_tokens(self, tokens: torch.Tensor, image: PreparedImage) -> list[Image.Image]:
+        """Packed latent tokens of ``image``'s grid → RGB images, with the pipeline's own final steps
+        (unpack, undo the BatchNorm standardisation, unpatchify, VAE decode, postprocess)."""
+        pipe = self.pipeline
+        rows, cols = image.geometry.grid
+        ids = image.tensors["ids"].to(tokens.device).expand(tokens.shape[0], -1, -1)
+        with torch.inference_mode():
+            latents = pipe._unpack_latents_with_ids(tokens, ids, rows, cols)
+            mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+            latents = pipe._unpatchify_latents(latents * std.to(latents.device, latents.dtype) + mean)
+            decoded = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(decoded, output_type="pil")
 
     def layout_for(self, image: PreparedImage, text: EncodedText) -> TokenLayout:
         clean = image.tensors["latents"].shape[1]
