@@ -14,9 +14,7 @@ import torch
 from editseg.backbones.flux2 import Flux2KleinBackbone
 from editseg.config import MethodConfig
 from editseg.data.shapes import shapes_benchmark
-from editseg.probes import TokenLayout
-from editseg.text import PromptTokens
-from editseg.toy.evaluate import edit_localisation, load_segmenter, score
+from editseg.toy.evaluate import edit_localisation, load_segmenter, noisy_as_clean, padding_as_prompt, score
 from editseg.toy.model import TOY_ASSET_DIR
 
 N_SAMPLES = 32
@@ -79,41 +77,28 @@ def test_ram_argmax_lands_on_the_target_far_above_chance(reference):
 
 
 @ATTENTION_NOT_GROUNDED
-def test_padding_tokens_as_the_prompt_break_grounding(toy_segmenter, samples, reference, monkeypatch):
+def test_padding_tokens_as_the_prompt_break_grounding(toy_segmenter, samples, reference):
     """Eqs. 3-4 summed over padding positions instead of the expression's tokens."""
-    original = PromptTokens.indices
-
-    def padding_indices(self: PromptTokens, token_set: str = "expression") -> list[int]:
-        count = len(original(self, token_set))
-        return list(range(self.num_real_tokens + 8, self.num_real_tokens + 8 + count))
-
-    monkeypatch.setattr(PromptTokens, "indices", padding_indices)
-    broken = score(toy_segmenter, samples, MethodConfig(), "padding prompt")
+    with padding_as_prompt(toy_segmenter.backbone.max_sequence_length):
+        broken = score(toy_segmenter, samples, MethodConfig(), "padding prompt")
     assert broken.ram_point_accuracy <= reference.ram_point_accuracy - 0.25, (broken, reference)
     assert broken.mIoU <= reference.mIoU - 0.1, (broken, reference)
-
-
-class _NoisyAsClean(TokenLayout):
-    """A layout whose "clean" tokens are the noisy ones (pure noise at the first step)."""
-
-    @property
-    def clean(self) -> slice:
-        return self.noisy
-
-    @property
-    def clean_in_image_stream(self) -> slice:
-        return slice(0, self.noisy_len)
 
 
 @ATTENTION_NOT_GROUNDED
-def test_noisy_tokens_in_place_of_clean_tokens_break_grounding(toy_segmenter, samples, reference, monkeypatch):
-    original = Flux2KleinBackbone.layout_for
-
-    def swapped(self, image, text):
-        layout = original(self, image, text)
-        return _NoisyAsClean(layout.text_len, layout.noisy_len, layout.clean_len, layout.grid)
-
-    monkeypatch.setattr(Flux2KleinBackbone, "layout_for", swapped)
-    broken = score(toy_segmenter, samples, MethodConfig(), "noisy as clean")
+def test_noisy_tokens_in_place_of_clean_tokens_break_grounding(toy_segmenter, samples, reference):
+    """The probes read the noisy tokens (pure noise at the first step) as the image."""
+    with noisy_as_clean():
+        broken = score(toy_segmenter, samples, MethodConfig(), "noisy as clean")
     assert broken.ram_point_accuracy <= reference.ram_point_accuracy - 0.25, (broken, reference)
     assert broken.mIoU <= reference.mIoU - 0.1, (broken, reference)
+
+
+def test_broken_variants_restore_the_method(toy_segmenter, samples, reference):
+    """The broken-variant switches are undone on exit: the method scores as before."""
+    before = score(toy_segmenter, samples[:8], MethodConfig(), "before")
+    with padding_as_prompt(toy_segmenter.backbone.max_sequence_length), noisy_as_clean():
+        during = score(toy_segmenter, samples[:8], MethodConfig(), "during")
+    after = score(toy_segmenter, samples[:8], MethodConfig(), "after")
+    assert (after.mIoU, after.ram_point_accuracy) == (before.mIoU, before.ram_point_accuracy)
+    assert (during.mIoU, during.ram_point_accuracy) != (before.mIoU, before.ram_point_accuracy)

@@ -11,22 +11,23 @@ __all__ = ["HANDLERS", "register", "run_toy"]
 
 def register(subparsers: Any) -> None:
     """Add the ``toy`` command (with ``train`` and ``eval`` sub-commands)."""
+    from .config import TrainConfig
+
     toy = subparsers.add_parser("toy", help="train or evaluate the tiny shapes-world editing model")
     actions = toy.add_subparsers(dest="toy_command")
 
     train = actions.add_parser("train", help="train a toy FLUX.2-klein editor on the shapes world (CPU)")
     train.add_argument("--out", required=True, help="output folder (checkpoint, log, pipeline/)")
-    train.add_argument("--minutes", type=float, default=95.0, help="wall-clock budget (default 95)")
-    train.add_argument("--steps", type=int, default=20000, help="optimizer steps (default 20000; the budget usually binds first)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--pool-size", type=int, default=40000, help="distinct training scenes (default 40000)")
-    train.add_argument("--full-text-fraction", type=float, default=0.05,
-                       help="last fraction of steps with the full 512-token text padding (default 0.05)")
-    train.add_argument("--full-text-minutes", type=float, default=12.0,
-                       help="also use the full 512-token padding in the last N minutes of the budget (default 12)")
-    train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    defaults = TrainConfig()
+    train.add_argument("--minutes", type=float, default=defaults.minutes, help=f"wall-clock budget (default {defaults.minutes:g})")
+    train.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps}; the budget usually binds first)")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--pool-size", type=int, default=defaults.pool_size, help=f"distinct training scenes (default {defaults.pool_size})")
+    train.add_argument("--curriculum-steps", type=int, default=defaults.curriculum_steps,
+                       help=f"first steps with attribute-only expressions (default {defaults.curriculum_steps})")
+    train.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (1 under CPU contention; 2 on an idle 2-core machine)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = actions.add_parser("eval", help="score a model on the shapes benchmark through the Segmenter API")
@@ -46,7 +47,8 @@ def run_toy(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .train import train
 
     config = TrainConfig(
         steps=args.steps,
@@ -55,8 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         pool_size=args.pool_size,
-        full_text_fraction=args.full_text_fraction,
-        full_text_minutes=args.full_text_minutes,
+        curriculum_steps=args.curriculum_steps,
         threads=args.threads,
     )
     final = train(args.out, config, progress=not args.no_progress)

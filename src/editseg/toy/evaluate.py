@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -56,14 +57,20 @@ def score(
     """Segment every sample's expression with ``config`` and score mask, RAM and CAM."""
     start = time.perf_counter()
     accumulator = MetricAccumulator()
-    ram_hits, cam_hits = [], []
+    ram_hits, cam_hits, ious = [], [], []
     for sample in samples:
         segmenter.set_image(sample.image)
         result = segmenter.predict(sample.expression, config)[0]
-        accumulator.add_masks(result.mask, sample.mask, sample_id=sample.id)
+        record = accumulator.add_masks(result.mask, sample.mask, sample_id=sample.id)
+        ious.append(record.iou)
         ram_hits.append(argmax_in_mask(result.ram_tokens, sample.mask))
         cam_hits.append(argmax_in_mask(result.cam_tokens, sample.mask))
     summary = accumulator.summary()
+    by_kind = {}
+    for kind in sorted({s.kind for s in samples}):
+        rows = [i for i, s in enumerate(samples) if s.kind == kind]
+        by_kind[kind] = {"n": len(rows), "mIoU": float(np.mean([ious[i] for i in rows])),
+                         "ram_point_accuracy": float(np.mean([ram_hits[i] for i in rows]))}
     return ToyScores(
         label=label or config.mode,
         n=len(samples),
@@ -73,7 +80,7 @@ def score(
         cam_point_accuracy=float(np.mean(cam_hits)),
         chance=float(np.mean([s.mask.mean() for s in samples])),
         seconds=time.perf_counter() - start,
-        extra={k: float(v) for k, v in summary.items() if k.startswith("Pr@")},
+        extra={**{k: float(v) for k, v in summary.items() if k.startswith("Pr@")}, "by_kind": by_kind},
     )
 
 
@@ -85,8 +92,9 @@ def ablation_configs(num_blocks: int, default_block: int) -> list[tuple[str, Met
         ("RAM only (map > 0.5)", base.replace(mode="ram")),
         ("CAM only (map > 0.5)", base.replace(mode="cam")),
         ("full, tau 0.5", base.replace(tau=0.5)),
-        ("full, prompt tokens = expression-content", base.replace(prompt_tokens="expression-content")),
-        ("full, prompt tokens = all", base.replace(prompt_tokens="all")),
+        ("full, prompt tokens = expression-content (no stop words)", base.replace(prompt_tokens="expression-content")),
+        ("full, prompt tokens = instruction (adds 'remove')", base.replace(prompt_tokens="instruction")),
+        ("full, prompt tokens = all (adds the chat template)", base.replace(prompt_tokens="all")),
     ]
     rows += [(f"full, feature block {b}", base.replace(feature_block=b)) for b in range(num_blocks) if b != default_block]
     return rows
@@ -99,6 +107,66 @@ def run_ablation(model: str, n: int, configs: Iterable[tuple[str, MethodConfig]]
     samples = shapes_benchmark(n)
     rows = configs or ablation_configs(backbone.num_blocks, backbone.default_feature_block)
     return [score(segmenter, samples, config, label) for label, config in rows]
+
+
+@contextmanager
+def padding_as_prompt(text_length: int):
+    """Broken variant: eqs. 3-4 summed over padding positions instead of the prompt's tokens."""
+    from ..text import PromptTokens
+
+    original = PromptTokens.indices
+
+    def padding_indices(self, token_set: str = "expression") -> list[int]:
+        count = len(original(self, token_set))
+        padding = list(range(self.num_real_tokens, text_length))
+        if not padding:
+            raise ValueError("this instruction leaves no padding tokens")
+        return padding[:count]
+
+    PromptTokens.indices = padding_indices
+    try:
+        yield
+    finally:
+        PromptTokens.indices = original
+
+
+@contextmanager
+def noisy_as_clean():
+    """Broken variant: the probes read the noisy tokens (pure noise at step 1) as the image."""
+    from ..backbones.flux2 import Flux2KleinBackbone
+    from ..probes import TokenLayout
+
+    class NoisyAsClean(TokenLayout):
+        @property
+        def clean(self) -> slice:
+            return self.noisy
+
+        @property
+        def clean_in_image_stream(self) -> slice:
+            return slice(0, self.noisy_len)
+
+    original = Flux2KleinBackbone.layout_for
+
+    def swapped(self, image, text):
+        layout = original(self, image, text)
+        return NoisyAsClean(layout.text_len, layout.noisy_len, layout.clean_len, layout.grid)
+
+    Flux2KleinBackbone.layout_for = swapped
+    try:
+        yield
+    finally:
+        Flux2KleinBackbone.layout_for = original
+
+
+def broken_variant_scores(segmenter, samples: Sequence[ShapesSample]) -> list[ToyScores]:
+    """The full method, then the two deliberately broken token layouts (oracle: both must be worse)."""
+    config = MethodConfig()
+    rows = [score(segmenter, samples, config, "full method")]
+    with padding_as_prompt(segmenter.backbone.max_sequence_length):
+        rows.append(score(segmenter, samples, config, "broken: padding tokens as the prompt"))
+    with noisy_as_clean():
+        rows.append(score(segmenter, samples, config, "broken: noisy tokens read as the clean ones"))
+    return rows
 
 
 def markdown_table(rows: Sequence[ToyScores]) -> str:
@@ -115,26 +183,20 @@ def edit_localisation(backbone, samples: Sequence[ShapesSample], seed: int = 0) 
     model changes it. Returns ``point_accuracy`` (the most-changed token lies inside the referred
     object) and ``object_accuracy`` (of the scene's objects, the referred one has the largest mean
     change). A check of what the model learned, independent of its attention."""
-    import torch
     import torch.nn.functional as F
     from PIL import Image
 
     points, objects = [], []
-    with torch.inference_mode():
-        for sample in samples:
-            image = backbone.prepare_image(Image.fromarray(sample.image))
-            text = backbone.encode_text([sample.expression], [sample.instruction])
-            inputs = backbone.first_step_inputs(image, text, seed)
-            velocity = backbone.pipeline.transformer(**inputs, return_dict=False)[0]
-            clean = image.tensors["latents"]
-            noisy_len = clean.shape[1]
-            predicted = inputs["hidden_states"][:, :noisy_len] - velocity[:, :noisy_len]
-            change = (predicted - clean).pow(2).mean(-1)[0].view(*image.geometry.grid).float()
-            points.append(argmax_in_mask(change.cpu().numpy(), sample.mask))
-            size = sample.mask.shape
-            pixels = F.interpolate(change[None, None], size=size, mode="nearest")[0, 0].cpu().numpy()
-            means = [pixels[m].mean() if m.any() else -np.inf for m in sample.object_masks]
-            objects.append(int(np.argmax(means)) == sample.target_index)
+    for sample in samples:
+        image = backbone.prepare_image(Image.fromarray(sample.image))
+        text = backbone.encode_text([sample.expression], [sample.instruction])
+        predicted = backbone.first_step_clean_estimate(image, text, seed)
+        clean = image.tensors["latents"].to(predicted.device)
+        change = (predicted - clean).pow(2).mean(-1)[0].view(*image.geometry.grid).float()
+        points.append(argmax_in_mask(change.cpu().numpy(), sample.mask))
+        pixels = F.interpolate(change[None, None], size=sample.mask.shape, mode="nearest")[0, 0].cpu().numpy()
+        means = [pixels[m].mean() if m.any() else -np.inf for m in sample.object_masks]
+        objects.append(int(np.argmax(means)) == sample.target_index)
     return {
         "point_accuracy": float(np.mean(points)),
         "object_accuracy": float(np.mean(objects)),

@@ -7,49 +7,25 @@
   stream and the text features are the (trained) token embeddings, three times. Context is mixed
   by the transformer's double-stream text blocks, as in klein. :func:`text_embeddings` is the
   cheap training path; it equals ``Flux2KleinBackbone.encode_text`` exactly (tested).
-- Codec: ``AutoencoderKLFlux2`` with a fixed (untrained, seeded) encoder; its BatchNorm statistics
-  are set from the training images so that latents are standardised. The decoder is unused.
+- Codec: :class:`~editseg.toy.codec.PixelCodec`, pixels folded space-to-depth (2x: with the
+  pipeline's 2x2 patchify a token is a 4x4 pixel patch); its BatchNorm statistics are set from the
+  training images so that latents are standardised, as klein's VAE does. Exact, local and invertible.
+- Text: padded to ``text_length`` (32) tokens instead of klein's 512 (``max_sequence_length``).
 - Transformer: ``Flux2Transformer2DModel`` at small width/depth, trained with rectified flow.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..backbones.tiny import byte_level_tokenizer
+from .codec import PixelCodec
+from .config import ToyConfig
 
 TOY_ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-shapes"
 TEXT_LAYERS = (9, 18, 27)
-
-
-@dataclass(frozen=True)
-class ToyConfig:
-    """Sizes of the toy editor."""
-
-    text_hidden: int = 32
-    text_layers: int = 28
-    heads: int = 4
-    head_dim: int = 32
-    double_blocks: int = 2
-    single_blocks: int = 4
-    mlp_ratio: float = 3.0
-    vae_channels: tuple[int, ...] = (16, 32, 32)  # 3 blocks: 4x down, 8 px per token
-    latent_channels: int = 8
-    vocab_size: int = 512
-    embedding_std: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ToyConfig":
-        data = dict(data)
-        data["vae_channels"] = tuple(data["vae_channels"])
-        return cls(**data)
 
 
 def grammar_words() -> list[str]:
@@ -65,6 +41,37 @@ def grammar_words() -> list[str]:
     return sorted(words)
 
 
+def word_concepts() -> dict[str, str]:
+    """Single-word synonyms of the grammar mapped to one concept name ("ball" → "shape:circle").
+
+    Words that name several concepts or belong to phrases ("on the left") map to themselves."""
+    from ..data import shapes_grammar as g
+
+    tables = {"shape": g.SHAPE_WORDS, "color": g.COLOR_WORDS, "size": g.SIZE_WORDS,
+              "direction": g.DIRECTION_ADJECTIVES, "extreme": g.EXTREME_WORDS, "relation": g.RELATION_WORDS}
+    claims: dict[str, set[str]] = {}
+    for table, entries in tables.items():
+        for key, phrases in entries.items():
+            for phrase in phrases:
+                if " " not in phrase:
+                    claims.setdefault(phrase, set()).add(f"{table}:{key}")
+    for word in g.GENERIC_WORDS:
+        claims.setdefault(word, set()).add("generic")
+    return {word: concepts.pop() for word, concepts in claims.items() if len(concepts) == 1}
+
+
+def init_synonym_embeddings(embedding: torch.Tensor, tokenizer, std: float, jitter: float = 0.25) -> None:
+    """Give the tokens of each concept's words (with and without a leading space) one shared random
+    vector plus a little jitter, so that synonyms start alike, as in a pretrained text encoder."""
+    concept_vectors: dict[str, torch.Tensor] = {}
+    for word, concept in sorted(word_concepts().items()):
+        base = concept_vectors.setdefault(concept, torch.randn(embedding.shape[1]) * std)
+        for variant in (word, " " + word):
+            ids = tokenizer(variant)["input_ids"]
+            if len(ids) == 1:
+                embedding[ids[0]] = base + jitter * std * torch.randn(embedding.shape[1])
+
+
 def toy_tokenizer(vocab_size: int = 512):
     """Byte-level BPE whose vocabulary holds each grammar word as one token (both ``w`` and `` w``)."""
     corpus = [f"{w} {w}\n{w} {w}" for w in grammar_words() for _ in range(8)]
@@ -74,7 +81,6 @@ def toy_tokenizer(vocab_size: int = 512):
 def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
     """An untrained toy ``Flux2KleinPipeline`` (float32, CPU), deterministic for ``seed``."""
     from diffusers import (
-        AutoencoderKLFlux2,
         FlowMatchEulerDiscreteScheduler,
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
@@ -83,6 +89,7 @@ def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
 
     torch.manual_seed(seed)
     tokenizer = toy_tokenizer(config.vocab_size)
+    tokenizer.model_max_length = config.text_length  # Flux2KleinBackbone pads the text to this
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(
             vocab_size=len(tokenizer),
@@ -102,16 +109,9 @@ def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
         text_encoder.model.embed_tokens.weight.normal_(0.0, config.embedding_std)
-    blocks = len(config.vae_channels)
-    vae = AutoencoderKLFlux2(
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=config.vae_channels,
-        layers_per_block=1,
-        latent_channels=config.latent_channels,
-        norm_num_groups=min(8, config.vae_channels[0]),
-        sample_size=64,
-    ).eval()
+        if config.synonym_init:
+            init_synonym_embeddings(text_encoder.model.embed_tokens.weight, tokenizer, config.embedding_std)
+    vae = PixelCodec(downscale=config.codec_downscale).eval()
     rope_axis = config.head_dim // 4
     transformer = Flux2Transformer2DModel(
         patch_size=1,
