@@ -7,6 +7,7 @@ import json
 import pytest
 from test_eval_runner import scaled_refer_fixture
 
+from editseg import DEFAULT_MODEL
 from editseg.cli import main
 from editseg.data.shapes import save_samples_as_manifest, shapes_benchmark
 from editseg.evaluation.runner import RECORDS_FORMAT, read_records
@@ -24,7 +25,7 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture()
 def shared_model(monkeypatch, tiny_backbone):
-    """Serve ``--model tiny-random-flux2`` from the session's warm backbone (loading is tested elsewhere)."""
+    """Serve every ``--model`` from the session's warm tiny random backbone (loading is tested elsewhere)."""
     import warnings
 
     import editseg.cli as cli
@@ -51,7 +52,7 @@ def test_eval_refcoco_writes_records_summary_table(refer_root, tmp_path, capsys,
             "--limit", "3", "--tau", "0.7", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "refcoco val: 3 samples  oIoU" in captured.out and shared_model == ["tiny-random-flux2"]
+    assert "refcoco val: 3 samples  oIoU" in captured.out and shared_model == [DEFAULT_MODEL]
     header, records = read_records(out / "records.jsonl")
     assert header["settings"]["config"]["tau"] == 0.7 and len(records) == 3
     summary = json.loads((out / "summary.json").read_text())

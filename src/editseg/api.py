@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .backbones import TINY_RANDOM, Backbone, PreparedImage, load_backbone
+from .backbones import TOY_SHAPES, Backbone, PreparedImage, load_backbone
 from .config import MethodConfig
 from .errors import ConfigError, ExpressionError, OutOfMemoryError, out_of_memory_message
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
@@ -27,10 +27,14 @@ from .methods.early_grounding import ground, masks_at_input
 from .probes import ProbePlan
 from .text import make_instruction, normalize_expression
 
-DEFAULT_MODEL = TINY_RANDOM
+DEFAULT_MODEL = TOY_SHAPES  # built in: the tiny editor trained on the synthetic shapes world
 RANDOM_WEIGHTS_NOTICE = (
     "RANDOM WEIGHTS: model {name!r} is randomly initialised, so its output is meaningless. "
     "It exists to try editseg offline; use a real model (e.g. --model flux2-klein-4b) for real masks."
+)
+TOY_SHAPES_NOTICE = (
+    "editseg: toy-shapes is a tiny editor trained on synthetic 64x64 shapes scenes (see `editseg demo`); "
+    "for photos use a real model, e.g. --model flux2-klein-4b."
 )
 
 

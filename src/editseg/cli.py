@@ -11,8 +11,8 @@ from typing import Sequence
 from . import __version__
 from .errors import EditsegError
 
-EPILOG = """Models: tiny-random-flux2 (built in, random weights: for trying the tool offline),
-flux2-klein-4b, flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b, any FLUX.2-klein hub
+EPILOG = """Models: toy-shapes (built in, the default: a tiny editor trained on synthetic shapes
+scenes, 64x64), tiny-random-flux2 (built in, random weights), flux2-klein-4b, flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b, any FLUX.2-klein hub
 id, or a local folder holding model_index.json. EDITSEG_MODELS_DIR=<dir> makes <dir>/<repo name>
 the first place looked; HF_HUB_OFFLINE=1 forbids downloads."""
 
@@ -119,8 +119,8 @@ def _config_from_args(args: argparse.Namespace):
 def _segmenter_from_args(args: argparse.Namespace):
     import torch
 
-    from .api import RANDOM_WEIGHTS_NOTICE, Segmenter
-    from .backbones import load_backbone
+    from .api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
+    from .backbones import TOY_SHAPES, load_backbone
     from .images import DEFAULT_MAX_PIXELS
 
     config = _config_from_args(args)  # validate options before loading a big model
@@ -130,6 +130,8 @@ def _segmenter_from_args(args: argparse.Namespace):
     if backbone.is_random:
         banner = "!" * 78
         print(f"{banner}\n{RANDOM_WEIGHTS_NOTICE.format(name=backbone.name)}\n{banner}", file=sys.stderr)
+    elif backbone.name == TOY_SHAPES:
+        print(TOY_SHAPES_NOTICE, file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Segmenter(

@@ -1,7 +1,8 @@
 """``editseg demo``: segment several expressions in one synthetic shapes scene and write a picture.
 
 Each row shows the scene, the CAM, the RAM, the predicted mask and the ground truth for one
-expression. The scene comes from the shapes world (``editseg.data.shapes``) that the built-in
+expression, and, for FLUX.2 backbones, the edit the model itself predicts at that first step
+(``x0 = noise - v``, decoded): what "remove <expression>" would do after one step. The scene comes from the shapes world (``editseg.data.shapes``) that the built-in
 ``toy-shapes`` model was trained on; other models get the same scene at a larger size.
 """
 
@@ -41,6 +42,17 @@ def demo_expressions(scene: ShapesSample, seed: int = 0) -> list[tuple[str, np.n
     return pairs
 
 
+def first_step_edits(segmenter: Segmenter, image: Image.Image, results) -> list[Image.Image]:
+    """The model's own first-step edit per result (empty where the backbone cannot decode one)."""
+    backbone = segmenter.backbone
+    if not hasattr(backbone, "first_step_clean_estimate"):
+        return []
+    prepared = backbone.prepare_image(image)
+    text = backbone.encode_text([r.expression for r in results], [r.instruction for r in results], align=False)
+    estimate = backbone.first_step_clean_estimate(prepared, text, segmenter.config.seed)
+    return [edit.resize(image.size, Image.Resampling.NEAREST) for edit in backbone.decode_tokens(estimate, prepared)]
+
+
 def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
     """Segment every object of the demo scene by an expression; write ``demo.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,8 +61,9 @@ def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
     pairs = demo_expressions(scene)
     image = Image.fromarray(scene.image)
     results = segmenter.segment(image, [expression for expression, _ in pairs])
+    edits = first_step_edits(segmenter, image, results)
     rows = []
-    for result, (_, truth) in zip(results, pairs):
+    for index, (result, (_, truth)) in enumerate(zip(results, pairs)):
         caption = f"{result.expression!r} -> {result.instruction!r}   IoU {mask_iou(result.mask, truth):.2f}"
         if segmenter.backbone.is_random:
             caption += "   [RANDOM WEIGHTS: meaningless]"
@@ -62,7 +75,7 @@ def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
                     ("RAM", heatmap(result.ram)),
                     ("mask", overlay(image, result.mask)),
                     ("ground truth", overlay(image, truth, color=(40, 200, 40))),
-                ],
+                ] + ([("model's edit, step 1", edits[index])] if edits else []),
                 height=160,
                 caption=caption,
             )

@@ -48,6 +48,7 @@ def _tiny_random(device: torch.device, dtype: torch.dtype) -> Backbone:
 
 TOY_SHAPES = "toy-shapes"
 TOY_SHAPES_DIR = Path(__file__).resolve().parent.parent / "assets" / TOY_SHAPES
+TOY_SHAPES_SIDE = 64
 
 
 def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
@@ -56,11 +57,19 @@ def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
 
     from .flux2 import Flux2KleinBackbone
 
+    from diffusers.utils import logging as diffusers_logging
+
     if not (TOY_SHAPES_DIR / "model_index.json").is_file():
         raise ModelNotFoundError(f"The toy-shapes weights are missing from {TOY_SHAPES_DIR}; reinstall editseg.")
-    pipeline = Flux2KleinPipeline.from_pretrained(TOY_SHAPES_DIR, dtype=dtype).to(device)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its VAE slot holds editseg's pixel codec: diffusers warns about the type
+    try:
+        pipeline = Flux2KleinPipeline.from_pretrained(TOY_SHAPES_DIR, dtype=dtype).to(device)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     pipeline.set_progress_bar_config(disable=True)
-    return Flux2KleinBackbone(pipeline, name=TOY_SHAPES)
+    # Trained on 64x64 scenes (4 px tokens): larger inputs are shrunk to that scale.
+    return Flux2KleinBackbone(pipeline, name=TOY_SHAPES, default_max_side=TOY_SHAPES_SIDE)
 
 
 BUILT_IN: dict[str, tuple[Callable[[torch.device, torch.dtype], Backbone], str]] = {
