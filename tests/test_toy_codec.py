@@ -121,3 +121,19 @@ def test_first_step_clean_estimate_is_noise_minus_velocity(pipeline):
     noisy = inputs["hidden_states"][:, :256]
     torch.testing.assert_close(estimate, noisy - velocity[:, :256])
     assert estimate.shape == prepared.tensors["latents"].shape
+
+
+def test_a_saved_toy_folder_loads_through_the_registry_in_a_fresh_process(pipeline, tmp_path):
+    """diffusers imports a component's module only if it is already imported: the loader must do it."""
+    import subprocess
+    import sys
+
+    pipeline.save_pretrained(tmp_path / "toy")
+    code = (
+        "import sys; from editseg.backbones import load_backbone; "
+        f"b = load_backbone({str(tmp_path / 'toy')!r}, device='cpu'); "
+        "assert 'editseg.toy.codec' in sys.modules; print(type(b.pipeline.vae).__name__, b.max_sequence_length)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["PixelCodec", str(TINY.text_length)]

@@ -53,9 +53,8 @@ TOY_SHAPES_SIDE = 64
 
 def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
     """The tiny FLUX.2-klein editor trained on the shapes world (``editseg.toy``), shipped in the package."""
-    from diffusers import Flux2KleinPipeline
-
     from .flux2 import Flux2KleinBackbone
+    from .flux2 import load_pipeline as load_flux2_pipeline
 
     from diffusers.utils import logging as diffusers_logging
 
@@ -64,7 +63,7 @@ def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # its VAE slot holds editseg's pixel codec: diffusers warns about the type
     try:
-        pipeline = Flux2KleinPipeline.from_pretrained(TOY_SHAPES_DIR, dtype=dtype).to(device)
+        pipeline = load_flux2_pipeline(TOY_SHAPES_DIR, dtype).to(device)
     finally:
         diffusers_logging.set_verbosity(verbosity)
     pipeline.set_progress_bar_config(disable=True)

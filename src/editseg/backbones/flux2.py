@@ -8,6 +8,7 @@ attention processors installed. The joint sequence is ``[text (512, padded) | no
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -358,6 +359,8 @@ WEIGHTS_HINT = (
 def load_pipeline(source: str, dtype: torch.dtype):
     """``Flux2KleinPipeline.from_pretrained`` (raises OSError/ValueError when weights are missing)."""
     from diffusers import Flux2KleinPipeline
+
+    importlib.import_module("editseg.toy.codec")  # diffusers loads a toy model's PixelCodec only once imported
 
     # diffusers >= 0.42 names the argument ``dtype`` (``torch_dtype`` is deprecated)
     return Flux2KleinPipeline.from_pretrained(source, dtype=dtype)

@@ -92,6 +92,8 @@ def ablation_configs(num_blocks: int, default_block: int) -> list[tuple[str, Met
         ("RAM only (map > 0.5)", base.replace(mode="ram")),
         ("CAM only (map > 0.5)", base.replace(mode="cam")),
         ("full, tau 0.5", base.replace(tau=0.5)),
+        ("full, attention blocks = double-stream only", base.replace(attention_blocks="double")),
+        ("full, attention blocks = single-stream only", base.replace(attention_blocks="single")),
         ("full, prompt tokens = expression-content (no stop words)", base.replace(prompt_tokens="expression-content")),
         ("full, prompt tokens = instruction (adds 'remove')", base.replace(prompt_tokens="instruction")),
         ("full, prompt tokens = all (adds the chat template)", base.replace(prompt_tokens="all")),
