@@ -21,7 +21,7 @@ from .viz import heatmap, overlay, panel_row, stack_rows
 
 DEMO_SEED = 7
 DEMO_INDEX = 11
-KIND_ORDER = ("relational", "superlative", "spatial", "attribute")
+KIND_ORDER = ("attribute", "superlative", "spatial", "relational")  # simplest expression that singles the object out
 
 
 def demo_scene(image_size: int = 64) -> ShapesSample:
@@ -30,7 +30,7 @@ def demo_scene(image_size: int = 64) -> ShapesSample:
 
 
 def demo_expressions(scene: ShapesSample, seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """One expression per object (preferring relational/superlative ones) with its ground-truth mask."""
+    """One expression per object (the first kind of ``KIND_ORDER`` that has one) with its ground-truth mask."""
     rng = np.random.default_rng(seed)
     pairs = []
     for target in range(len(scene.objects)):

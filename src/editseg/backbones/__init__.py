@@ -67,14 +67,14 @@ def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
     finally:
         diffusers_logging.set_verbosity(verbosity)
     pipeline.set_progress_bar_config(disable=True)
-    # Trained on 64x64 scenes (4 px tokens): larger inputs are shrunk to that scale.
+    # Trained on 64x64 scenes (8 px tokens): larger inputs are shrunk to that scale.
     return Flux2KleinBackbone(pipeline, name=TOY_SHAPES, default_max_side=TOY_SHAPES_SIDE)
 
 
 BUILT_IN: dict[str, tuple[Callable[[torch.device, torch.dtype], Backbone], str]] = {
     TINY_RANDOM: (_tiny_random, "built in, random weights (for trying editseg offline; output meaningless)"),
-    TOY_SHAPES: (_toy_shapes, "built in, tiny FLUX.2-klein editor trained on the shapes world (64x64); EXPERIMENTAL: it edits "
-        "the referent above chance but its attention does not ground it yet (assets/toy-shapes/MODEL_CARD.md)"),
+    TOY_SHAPES: (_toy_shapes, "built in, the default: tiny FLUX.2-klein editor trained on the synthetic shapes world (64x64); "
+        "grounds far above chance, weak masks (assets/toy-shapes/MODEL_CARD.md)"),
 }
 
 
