@@ -108,3 +108,13 @@ def test_broken_variants_restore_the_method(toy_segmenter, samples):
     after = score(toy_segmenter, samples[:8], MethodConfig(), "after")
     assert (after.mIoU, after.ram_point_accuracy) == (before.mIoU, before.ram_point_accuracy)
     assert (during.mIoU, during.ram_point_accuracy) != (before.mIoU, before.ram_point_accuracy)
+
+
+def test_toy_eval_command_prints_the_table_per_kind_and_the_edit_check(capsys):
+    from editseg.cli import main
+
+    assert main(["toy", "eval", "--n", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "| full (tau 0.8, block 4, expression tokens) |" in out
+    assert "| expression kind (first row) | n | mIoU | RAM PA |" in out and "n = 8 benchmark samples" in out
+    assert "referred object changed most" in out

@@ -86,6 +86,9 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps({"rows": [r.__dict__ for r in results], "edit_localisation": edits}, indent=2))
     else:
         print(markdown_table(results))
+        print("\n| expression kind (first row) | n | mIoU | RAM PA |\n|---|---|---|---|")
+        for kind, row in results[0].extra["by_kind"].items():
+            print(f"| {kind} | {row['n']} | {row['mIoU']:.3f} | {row['ram_point_accuracy']:.3f} |")
         print(
             f"\nThe model's own edit at the first step: most-changed token inside the target "
             f"{edits['point_accuracy']:.3f}; referred object changed most {edits['object_accuracy']:.3f} "
