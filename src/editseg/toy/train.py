@@ -9,6 +9,8 @@ Objective: ``x_t = (1 - t) x0 + t noise`` with ``x0`` the edited image's latents
 predicts the velocity ``noise - x0`` on the noisy tokens. ``t = 1`` (the first denoising step,
 which editseg reads) is drawn with probability ``p_first_step``, otherwise ``t ~ U(0, 1)``.
 Tokens covering the edited object get weight ``1 + changed_weight`` in the squared error.
+Curriculum: the first ``curriculum_steps`` steps draw attribute-only expressions ("the small red
+circle") from the same world; later steps draw all four expression kinds.
 
 The text stream is padded to the model's ``text_length`` (32 tokens, the tokenizer's
 ``model_max_length``, which ``Flux2KleinBackbone`` pads to at inference).
@@ -21,7 +23,7 @@ log records which clock drove each step.
 
 Every ``probe_every`` steps the log also records how well the model's first-step attention
 grounds the referent on fixed validation scenes (RAM/CAM point accuracy, full-method mIoU,
-through the real ``Segmenter``): the quantity the model is trained for, watched, not optimised.
+through the real ``Segmenter``): watched, never optimised (no loss term touches the attention).
 """
 
 from __future__ import annotations
