@@ -88,3 +88,17 @@ def test_synonyms_start_with_one_embedding():
     same = torch.nn.functional.cosine_similarity(vector("ball"), vector("circle"), dim=0)
     other = torch.nn.functional.cosine_similarity(vector("ball"), vector("square"), dim=0)
     assert same > 0.8 and abs(other) < 0.6
+
+
+def test_toy_train_command_passes_its_options(monkeypatch, tmp_path):
+    import editseg.toy.train as toy_train
+    from editseg.cli import main
+
+    seen = {}
+    monkeypatch.setattr(toy_train, "train", lambda out, config, progress: seen.update(out=out, config=config) or tmp_path)
+    assert main(["toy", "train", "--out", str(tmp_path), "--minutes", "30", "--double-blocks", "4", "--single-blocks", "2",
+                 "--threads", "2", "--no-progress"]) == 0
+    config = seen["config"]
+    assert config.minutes == 30 and config.threads == 2 and config.curriculum_steps == TrainConfig().curriculum_steps
+    assert (config.model.double_blocks, config.model.single_blocks) == (4, 2)
+    assert config.model.codec_downscale == ToyConfig().codec_downscale

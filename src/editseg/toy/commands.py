@@ -11,7 +11,7 @@ __all__ = ["HANDLERS", "register", "run_toy"]
 
 def register(subparsers: Any) -> None:
     """Add the ``toy`` command (with ``train`` and ``eval`` sub-commands)."""
-    from .config import TrainConfig
+    from .config import ToyConfig, TrainConfig
 
     toy = subparsers.add_parser("toy", help="train or evaluate the tiny shapes-world editing model")
     actions = toy.add_subparsers(dest="toy_command")
@@ -27,6 +27,9 @@ def register(subparsers: Any) -> None:
     train.add_argument("--pool-size", type=int, default=defaults.pool_size, help=f"distinct training scenes (default {defaults.pool_size})")
     train.add_argument("--curriculum-steps", type=int, default=defaults.curriculum_steps,
                        help=f"first steps with attribute-only expressions (default {defaults.curriculum_steps})")
+    sizes = ToyConfig()
+    train.add_argument("--double-blocks", type=int, default=sizes.double_blocks, help=f"double-stream blocks (default {sizes.double_blocks})")
+    train.add_argument("--single-blocks", type=int, default=sizes.single_blocks, help=f"single-stream blocks (default {sizes.single_blocks})")
     train.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (1 under CPU contention; 2 on an idle 2-core machine)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -47,7 +50,7 @@ def run_toy(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
+    from .config import ToyConfig, TrainConfig
     from .train import train
 
     config = TrainConfig(
@@ -58,6 +61,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         pool_size=args.pool_size,
         curriculum_steps=args.curriculum_steps,
+        model=ToyConfig(double_blocks=args.double_blocks, single_blocks=args.single_blocks),
         threads=args.threads,
     )
     final = train(args.out, config, progress=not args.no_progress)
