@@ -68,26 +68,57 @@ class TinyFlux2Config:
     latent_channels: int = 4
 
 
-def build_tiny_flux2_klein_pipeline(seed: int = 0, config: TinyFlux2Config = TinyFlux2Config()):
-    """A complete ``Flux2KleinPipeline`` with tiny random components (CPU, float32, no downloads)."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+def tiny_qwen3_text_encoder(tokenizer, hidden: int, layers: int):
+    """A small ``Qwen3ForCausalLM`` (2 heads of 16, 1 KV head) over ``tokenizer``'s vocabulary, in eval mode."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    torch.manual_seed(seed)
-    tokenizer = byte_level_tokenizer()
-    text_encoder = Qwen3ForCausalLM(
+    return Qwen3ForCausalLM(
         Qwen3Config(
             vocab_size=len(tokenizer),
-            hidden_size=config.text_hidden,
-            intermediate_size=2 * config.text_hidden,
-            num_hidden_layers=config.text_layers,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
             num_attention_heads=2,
             num_key_value_heads=1,
             head_dim=16,
             max_position_embeddings=1024,
             pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
         )
     ).eval()
+
+
+def tiny_flux2_transformer(
+    in_channels: int, double_blocks: int, single_blocks: int, heads: int, head_dim: int, *,
+    text_hidden: int, timestep_channels: int, mlp_ratio: float = 3.0,
+):
+    """A small ``Flux2Transformer2DModel`` (patch 1, 4 RoPE axes of head_dim/4, no guidance embedding)
+    reading klein's text features: 3 stacked hidden layers of width ``text_hidden``."""
+    from diffusers import Flux2Transformer2DModel
+
+    rope_axis = head_dim // 4
+    return Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=in_channels,
+        num_layers=double_blocks,
+        num_single_layers=single_blocks,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=3 * text_hidden,
+        timestep_guidance_channels=timestep_channels,
+        mlp_ratio=mlp_ratio,
+        axes_dims_rope=(rope_axis,) * 4,
+        guidance_embeds=False,
+    )
+
+
+def build_tiny_flux2_klein_pipeline(seed: int = 0, config: TinyFlux2Config = TinyFlux2Config()):
+    """A complete ``Flux2KleinPipeline`` with tiny random components (CPU, float32, no downloads)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = byte_level_tokenizer()
+    text_encoder = tiny_qwen3_text_encoder(tokenizer, config.text_hidden, config.text_layers)
     blocks = len(config.vae_channels)
     vae = AutoencoderKLFlux2(
         down_block_types=("DownEncoderBlock2D",) * blocks,
@@ -102,18 +133,9 @@ def build_tiny_flux2_klein_pipeline(seed: int = 0, config: TinyFlux2Config = Tin
     bn = vae.bn
     bn.running_mean.copy_(torch.randn_like(bn.running_mean) * 0.1)
     bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
-    rope_axis = config.head_dim // 4
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=config.latent_channels * 4,
-        num_layers=config.double_blocks,
-        num_single_layers=config.single_blocks,
-        attention_head_dim=config.head_dim,
-        num_attention_heads=config.heads,
-        joint_attention_dim=3 * config.text_hidden,
-        timestep_guidance_channels=32,
-        axes_dims_rope=(rope_axis,) * 4,
-        guidance_embeds=False,
+    transformer = tiny_flux2_transformer(
+        config.latent_channels * 4, config.double_blocks, config.single_blocks, config.heads, config.head_dim,
+        text_hidden=config.text_hidden, timestep_channels=32,
     ).eval()
     pipeline = Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbones.tiny import byte_level_tokenizer
+from ..backbones.tiny import byte_level_tokenizer, tiny_flux2_transformer, tiny_qwen3_text_encoder
 from .codec import PixelCodec
 from .config import ToyConfig
 
@@ -80,30 +80,12 @@ def toy_tokenizer(vocab_size: int = 512):
 
 def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
     """An untrained toy ``Flux2KleinPipeline`` (float32, CPU), deterministic for ``seed``."""
-    from diffusers import (
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
 
     torch.manual_seed(seed)
     tokenizer = toy_tokenizer(config.vocab_size)
     tokenizer.model_max_length = config.text_length  # Flux2KleinBackbone pads the text to this
-    text_encoder = Qwen3ForCausalLM(
-        Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=config.text_hidden,
-            intermediate_size=2 * config.text_hidden,
-            num_hidden_layers=config.text_layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            max_position_embeddings=1024,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
-        )
-    ).eval()
+    text_encoder = tiny_qwen3_text_encoder(tokenizer, config.text_hidden, config.text_layers)
     with torch.no_grad():
         for layer in text_encoder.model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -112,19 +94,9 @@ def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
         if config.synonym_init:
             init_synonym_embeddings(text_encoder.model.embed_tokens.weight, tokenizer, config.embedding_std)
     vae = PixelCodec(downscale=config.codec_downscale).eval()
-    rope_axis = config.head_dim // 4
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=config.latent_channels * 4,
-        num_layers=config.double_blocks,
-        num_single_layers=config.single_blocks,
-        attention_head_dim=config.head_dim,
-        num_attention_heads=config.heads,
-        joint_attention_dim=len(TEXT_LAYERS) * config.text_hidden,
-        timestep_guidance_channels=64,
-        mlp_ratio=config.mlp_ratio,
-        axes_dims_rope=(rope_axis,) * 4,
-        guidance_embeds=False,
+    transformer = tiny_flux2_transformer(
+        config.latent_channels * 4, config.double_blocks, config.single_blocks, config.heads, config.head_dim,
+        text_hidden=config.text_hidden, timestep_channels=64, mlp_ratio=config.mlp_ratio,
     )
     pipeline = Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
