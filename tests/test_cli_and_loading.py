@@ -120,3 +120,22 @@ def test_demo_writes_one_row_per_object_with_unique_expressions(tmp_path, capsys
     assert main(["demo", "--out", str(tmp_path)]) == 0
     picture = Image.open(tmp_path / "demo.png")
     assert picture.width > 6 * 160 and picture.height >= len(pairs) * 160  # 6 panels: + the model's edit
+
+
+def test_demo_edit_column_uses_the_segmenters_input_geometry(tiny_backbone, tmp_path, monkeypatch):
+    """The model's-edit panel is computed on the same prepared image as the masks (same max_side)."""
+    from editseg import Segmenter
+    from editseg.demo import run_demo
+
+    seen = []
+    original = type(tiny_backbone).prepare_image
+
+    def recording(self, image, max_side=None):
+        seen.append(max_side)
+        return original(self, image, max_side=max_side)
+
+    monkeypatch.setattr(type(tiny_backbone), "prepare_image", recording)
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        segmenter = Segmenter(tiny_backbone, max_side=96)
+    assert run_demo(segmenter, tmp_path).is_file()
+    assert len(seen) == 2 and set(seen) == {96}

@@ -47,7 +47,7 @@ def first_step_edits(segmenter: Segmenter, image: Image.Image, results) -> list[
     backbone = segmenter.backbone
     if not hasattr(backbone, "first_step_clean_estimate"):
         return []
-    prepared = backbone.prepare_image(image)
+    prepared = backbone.prepare_image(image, max_side=segmenter.max_side)  # the geometry the masks used
     text = backbone.encode_text([r.expression for r in results], [r.instruction for r in results], align=False)
     estimate = backbone.first_step_clean_estimate(prepared, text, segmenter.config.seed)
     return [edit.resize(image.size, Image.Resampling.NEAREST) for edit in backbone.decode_tokens(estimate, prepared)]
