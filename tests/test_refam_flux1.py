@@ -174,3 +174,31 @@ def test_token_probes_match_full_softmax(backbone, image):
             mass = A[b][:, :n, :n].mean(0).mean(0)
             torch.testing.assert_close(recorder.text_mass[block][b, :n], mass.float(), rtol=1e-4, atol=1e-6)
             assert torch.all(recorder.image_maps[block][b, n:] == 0)
+
+
+def test_editor_adapter_reads_clean_rows_of_flux2_klein():
+    """The same per-token probe through the FLUX.2 [klein] editor's own processors (clean rows)."""
+    import editseg.backbones.processors as processors_module  # the probe processors' attention call
+    from editseg.backbones import load_backbone
+    from editseg.backbones.flux2 import probes_installed
+    from editseg.probing.token_attention import EditorTokenProbe, T2ILayout, TokenAttentionRecorder
+
+    backbone = load_backbone("tiny-random-flux2", device="cpu")
+    rng = np.random.default_rng(0)
+    image = backbone.prepare_image(Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)))
+    text = backbone.encode_text(["red dog _ with"], ["remove red dog _ with"], image=image)
+    layout = backbone.layout_for(image, text)
+    positions = torch.tensor([text.prompts[0].indices("expression") + [0]])  # plus a template token
+    valid = torch.ones_like(positions, dtype=torch.bool)
+    t2i = T2ILayout(layout.text_len, layout.clean_len, layout.grid, image_offset=layout.noisy_len)
+    recorder = TokenAttentionRecorder(TokenProbePlan(t2i, positions, valid))
+    inputs = backbone.step_inputs(image, text, 0)
+    captured = []
+    with capture_dispatch(processors_module, captured), torch.inference_mode(), probes_installed(
+        backbone.pipeline.transformer, EditorTokenProbe(layout, recorder)
+    ):
+        backbone.pipeline.transformer(**inputs, return_dict=False)
+    assert len(captured) == backbone.num_blocks
+    for block, (q, k, _, _) in enumerate(captured):
+        A = full_attention(q, k)[0][:, layout.clean][:, :, positions[0]]
+        torch.testing.assert_close(recorder.image_maps[block][0], A.mean(0).T.float(), rtol=1e-4, atol=1e-6)

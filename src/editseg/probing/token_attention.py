@@ -27,11 +27,16 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class T2ILayout:
-    """Where each token type sits in the joint sequence ``[text | image]`` of a text-to-image DiT."""
+    """Where each token type sits in the joint sequence ``[text | image]`` of a text-to-image DiT.
+
+    ``image_offset`` > 0 skips that many tokens between the text and the image rows that are
+    probed: an editing DiT's ``[text | noisy | clean]`` is probed on its clean rows with
+    ``image_offset = noisy_len``."""
 
     text_len: int
     image_len: int
     grid: tuple[int, int]  # (rows, cols) of the image-token grid
+    image_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.grid[0] * self.grid[1] != self.image_len:
@@ -39,11 +44,11 @@ class T2ILayout:
 
     @property
     def total_len(self) -> int:
-        return self.text_len + self.image_len
+        return self.text_len + self.image_offset + self.image_len
 
     @property
     def image(self) -> slice:
-        return slice(self.text_len, self.total_len)
+        return slice(self.text_len + self.image_offset, self.total_len)
 
 
 @dataclass
@@ -151,3 +156,29 @@ class TokenAttentionRecorder:
         if missing:
             raise KeyError(f"no {which} recorded for blocks {missing}")
         return torch.stack([store[b] for b in blocks])
+
+
+class EditorTokenProbe:
+    """Adapter that lets an editing backbone's probe processors (which call
+    ``recorder.attend(block, q, k, v, attend)``) feed a :class:`TokenAttentionRecorder` instead:
+    RefAM-style per-token maps read through an editor's attention (its clean-image rows).
+    ``layout`` is the editor's own token layout (``[text | noisy | clean]``)."""
+
+    def __init__(self, layout, recorder: TokenAttentionRecorder):
+        self.layout = layout
+        self.recorder = recorder
+
+    def wants_feature(self, site: str, block: int) -> bool:
+        return False
+
+    def record_feature(self, site: str, block: int, clean_tokens: torch.Tensor) -> None:
+        return None
+
+    def wants_attention(self, block: int) -> bool:
+        return self.recorder.wants(block)
+
+    def attend(self, block: int, query, key, value, attend, attn_mask=None) -> torch.Tensor:
+        if attn_mask is not None:
+            raise ValueError("per-token probes do not support attention masks")
+        self.recorder.record(block, query, key)
+        return attend(query, key, value, None)
