@@ -1,0 +1,56 @@
+"""--refine sam (our extension) on a tiny random SAM of the real transformers classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from editseg.components.sam import SamComponent
+from editseg.components.tiny import TINY_SAM
+from editseg.methods.sam_refine import SamRefineSettings, mask_box, mask_iou, prompt_points, refine_with_sam
+
+
+@pytest.fixture(scope="module")
+def sam():
+    s = SamComponent.from_pretrained(TINY_SAM, device="cpu")
+    s.set_image((np.random.default_rng(4).random((40, 52, 3)) * 255).astype(np.uint8))
+    return s
+
+
+def test_prompts_naive():
+    mask = np.zeros((20, 30), bool)
+    mask[5:12, 8:20] = True
+    assert mask_box(mask) == (8, 5, 20, 12)
+    heat = np.zeros((20, 30))
+    heat[6, 9], heat[7, 10], heat[11, 19] = 1.0, 0.9, 0.8
+    heat[0, 0] = 5.0  # outside the mask: ignored
+    assert prompt_points(mask, heat, 1, 0.25) == [(9.5, 6.5)]
+    # second peak (10, 7) is within 0.25 * 12 = 3 px of the first: skipped for (19, 11)
+    assert prompt_points(mask, heat, 2, 0.25) == [(9.5, 6.5), (19.5, 11.5)]
+    centre = prompt_points(mask, None, 1, 0.25)[0]
+    assert mask[int(centre[1]), int(centre[0])]
+
+
+def test_refine_picks_best_overlap(sam):
+    coarse = np.zeros((40, 52), bool)
+    coarse[8:30, 10:40] = True
+    heat = np.random.default_rng(0).random((40, 52))
+    refined, info = refine_with_sam(sam, coarse, heat)
+    masks, scores = sam.predict_box(info["box"], points_xy=info["points"], multimask=True)
+    ious = [mask_iou(m, coarse) for m in masks]
+    assert info["box"] == (10, 8, 40, 30) and len(info["points"]) == 1
+    assert info["chosen"] == int(np.argmax(ious)) and (refined == masks[info["chosen"]]).all()
+    _, by_score = refine_with_sam(sam, coarse, heat, SamRefineSettings(choose="sam-score"))
+    assert by_score["chosen"] == int(np.argmax(scores))
+
+
+def test_empty_mask_falls_back_to_heat_or_skips(sam):
+    empty = np.zeros((40, 52), bool)
+    out, info = refine_with_sam(sam, empty, None)
+    assert info == {"refined": False} and not out.any()
+    heat = np.zeros((40, 52))
+    heat[10:20, 5:15] = 1.0
+    _, info = refine_with_sam(sam, empty, heat)
+    assert info["refined"] and info["box"] == (5, 10, 15, 20)
+    with pytest.raises(ValueError):
+        SamRefineSettings(choose="x")
