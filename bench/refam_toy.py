@@ -89,13 +89,11 @@ def main(argv=None) -> int:
             positions = prompt.indices("expression")  # tokens of ê inside the chat text
             tokens = maps.classify_tokens(
                 prompt.text,
-                [prompt.offsets[p] for p in positions],
-                len(positions),
+                prompt.offsets,
+                positions,
                 (start_char, start_char + span[1]),
                 (start_char + parsed.span[0], start_char + parsed.span[1]),
-                eos_last=False,
             )
-            tokens = [maps.TrackedToken(p, t.text, t.role, t.in_noun_phrase) for p, t in zip(positions, tokens)]
             layout = backbone.layout_for(image, text)
             t2i = T2ILayout(layout.text_len, layout.clean_len, layout.grid, image_offset=layout.noisy_len)
             plan = TokenProbePlan(t2i, torch.tensor([positions]), torch.ones(1, len(positions), dtype=torch.bool))

@@ -29,7 +29,7 @@ def test_classify_tokens_by_position_and_word():
         offsets.append((a, a + len(w)))
         start = a + len(w)
     offsets.append((0, 0))
-    tokens = maps.classify_tokens(text, offsets, len(offsets), (0, 21), noun_phrase_span=(0, 12))
+    tokens = maps.classify_tokens(text, offsets, list(range(len(offsets))), (0, 21), (0, 12), eos_position=len(offsets) - 1)
     roles = [t.role for t in tokens]
     assert roles == ["stop", "content", "content", "content", "magnet", "magnet", "magnet", "magnet", "magnet", "eos"]
     # the expression's own "pink" is content, the appended one a magnet (filtered by position)

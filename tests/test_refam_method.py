@@ -48,7 +48,9 @@ def naive_heat(method, expression, config):
     M = torch.stack(per_block).mean(0)  # N, n
     mass = torch.stack(masses).mean(0)
     gas = mass > config.gas_ratio * mass.mean()
-    tokens = maps.classify_tokens(text_str, text.offsets[0], n, (0, len(expression)), parsed.span if config.noun_phrase else None)
+    tokens = maps.classify_tokens(
+        text_str, text.offsets[0], list(range(n)), (0, len(expression)), parsed.span if config.noun_phrase else None, n - 1
+    )
     keep = []
     for t, g in zip(tokens, gas.tolist()):
         ok = t.role == "content" or (t.role in ("stop", "symbol") and not config.filter_stop_words)

@@ -18,7 +18,7 @@ native size), sides floored to multiples of 16 — our choice: RefAM does not st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -56,16 +56,24 @@ class T2IImage:
 
 @dataclass
 class T2IText:
-    """Encoded prompts: T5 ``embeds`` (B, L, D), CLIP ``pooled`` (B, D), ``ids`` (L, 3), and the T5
-    tokenisation (``input_ids`` and character ``offsets`` per prompt, ``num_real`` real tokens incl. ``</s>``)."""
+    """Encoded prompts: ``embeds`` (B, L, D), ``pooled`` (B, D) or None, ``ids``, and per prompt the
+    tokenisation of the text the encoder saw (``encoder_texts``; ``input_ids``, character ``offsets``,
+    ``num_real`` real tokens), where the prompt starts in it (``starts``), the ``tracked`` token
+    positions (the prompt's own tokens and its end-of-sequence token) and that ``eos`` position.
+
+    FLUX.1: the encoder text is the prompt itself; tracked = every real T5 token, ``</s>`` last."""
 
     texts: list[str]
     embeds: torch.Tensor
-    pooled: torch.Tensor
+    pooled: torch.Tensor | None
     ids: torch.Tensor
     input_ids: list[list[int]]
     offsets: list[list[tuple[int, int]]]
     num_real: list[int]
+    encoder_texts: list[str] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    tracked: list[list[int]] = field(default_factory=list)
+    eos: list[int | None] = field(default_factory=list)
 
     @property
     def text_len(self) -> int:
@@ -200,6 +208,7 @@ class FluxT2IBackbone:
             embeds, pooled, ids = pipe.encode_prompt(
                 prompt=texts, prompt_2=None, device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH
             )
+        num_real = [int(m.sum()) for m in encoded["attention_mask"]]
         return T2IText(
             texts=texts,
             embeds=embeds,
@@ -207,7 +216,11 @@ class FluxT2IBackbone:
             ids=ids,
             input_ids=encoded["input_ids"].tolist(),
             offsets=[[tuple(map(int, o)) for o in row] for row in encoded["offset_mapping"].tolist()],
-            num_real=[int(m.sum()) for m in encoded["attention_mask"]],
+            num_real=num_real,
+            encoder_texts=texts,
+            starts=[0] * len(texts),
+            tracked=[list(range(n)) for n in num_real],
+            eos=[n - 1 for n in num_real],
         )
 
     # -- schedule and trajectory ----------------------------------------------------------------

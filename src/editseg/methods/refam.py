@@ -223,10 +223,15 @@ class RefAM(Method):
         parsed = [self.parser(e) for e in expressions]
         texts, spans = zip(*(maps.expanded_expression(e, config.appended) for e in expressions))
         text = backbone.encode_text(list(texts))
-        tokens = [
-            maps.classify_tokens(t, text.offsets[b], text.num_real[b], spans[b], parsed[b].span if config.noun_phrase else None)
-            for b, t in enumerate(texts)
-        ]
+        tokens = []
+        for b in range(len(expressions)):
+            at = text.starts[b]
+            phrase = (at + parsed[b].span[0], at + parsed[b].span[1]) if config.noun_phrase else None
+            tokens.append(
+                maps.classify_tokens(
+                    text.encoder_texts[b], text.offsets[b], text.tracked[b], (at + spans[b][0], at + spans[b][1]), phrase, text.eos[b]
+                )
+            )
         count = max(len(t) for t in tokens)
         positions = torch.zeros(len(expressions), count, dtype=torch.long)
         valid = torch.zeros(len(expressions), count, dtype=torch.bool)

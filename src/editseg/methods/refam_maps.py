@@ -63,22 +63,25 @@ def expanded_expression(expression: str, magnets: tuple[str, ...]) -> tuple[str,
 def classify_tokens(
     text: str,
     offsets: list[tuple[int, int]],
-    num_real: int,
+    positions: list[int],
     expression_span: tuple[int, int],
     noun_phrase_span: tuple[int, int] | None = None,
-    eos_last: bool = True,
+    eos_position: int | None = None,
 ) -> list[TrackedToken]:
-    """Roles of the ``num_real`` real tokens of ``text`` (the last one is ``</s>`` when ``eos_last``).
+    """Roles of the tracked tokens ``positions`` of the encoder ``text`` (``offsets`` are every
+    token's character span in ``text``; spans are absolute). ``eos_position`` is the end-of-sequence
+    token (``</s>`` for T5; the turn's closing ``<|im_end|>`` for chat-templated encoders).
 
     A token's word is the maximal run of word characters around it, so sub-word pieces of a stop
-    word are stop tokens and pieces of a content word are content tokens."""
+    word are stop tokens and pieces of a content word are content tokens. Tokens outside the
+    expression span are magnets (they were appended after it)."""
     tokens = []
     start, end = expression_span
-    for position in range(num_real):
+    for position in positions:
         a, b = offsets[position]
         piece = text[a:b]
-        if eos_last and position == num_real - 1:
-            tokens.append(TrackedToken(position, "</s>", "eos", False))
+        if position == eos_position:
+            tokens.append(TrackedToken(position, piece or "</s>", "eos", False))
             continue
         word = _word_around(text, a, b)
         inside = b > a and a >= start and b <= end
