@@ -13,9 +13,11 @@ The main table is :data:`IIE_RIS_TABLE1` (:data:`PUBLISHED` is its ``results``);
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = [
     "DEFAULT_COMPARISON",
@@ -35,6 +37,7 @@ __all__ = [
     "Benchmark",
     "PublishedTable",
     "comparison_table",
+    "method_rows",
 ]
 
 Benchmark = tuple[str, str]
@@ -365,3 +368,19 @@ def comparison_table(
         values = [ours[col].get(metric) for col in columns]
         lines.append(f"| {metric} | **{label}** | " + " | ".join(cell(v) for v in values) + " |")
     return "\n".join(lines)
+
+
+METHOD_ROWS_FILE = Path(__file__).with_name("published_methods.json")
+
+
+def method_rows(method: str) -> list[tuple[str, PublishedTable]]:
+    """Published ``(row label, table)`` pairs to show beside an evaluation of ``--method`` ``method``
+    (from ``published_methods.json``); an unknown method has none."""
+    data = json.loads(METHOD_ROWS_FILE.read_text(encoding="utf-8"))
+    rows = []
+    for entry in data.get(method, []):
+        table = TABLES[entry["table"]]
+        if entry["row"] not in table.results:
+            raise KeyError(f"published_methods.json: {entry['row']!r} is not a row of {entry['table']}")
+        rows.append((entry["row"], table))
+    return rows

@@ -59,7 +59,7 @@ from ..data.base import ReferringSample, group_by_image, parse_shard, shard
 from ..errors import EditsegError
 from ..masks import encode_rle, save_mask_png
 from .metrics import MetricAccumulator, SampleRecord, argmax_in_mask, intersection_union, iou_from_counts
-from .published import DEFAULT_COMPARISON, IIE_RIS_TABLE1, PublishedTable
+from .published import DEFAULT_COMPARISON, IIE_RIS_TABLE1, PublishedTable, method_rows
 
 if TYPE_CHECKING:
     from ..api import Segmenter, SegmentationResult
@@ -493,10 +493,16 @@ def write_summary(summary: dict[str, Any], summary_path: str | Path, table_path:
         Path(table_path).write_text(markdown_table([summary]) + "\n", encoding="utf-8")
 
 
+def _method(summary: dict[str, Any]) -> str:
+    return summary.get("settings", {}).get("method") or "early-grounding"
+
+
 def _label(summary: dict[str, Any]) -> str:
     settings = summary.get("settings", {})
     mode = settings.get("config", {}).get("mode", "full")
-    return f"editseg: {settings.get('model', '?')}" + ("" if mode == "full" else f" ({mode})")
+    method = _method(summary)
+    prefix = "editseg" if method == "early-grounding" else f"editseg {method}"
+    return f"{prefix}: {settings.get('model', '?')}" + ("" if mode == "full" else f" ({mode})")
 
 
 def markdown_table(
@@ -526,6 +532,16 @@ def markdown_table(
         values = [table.get(method, m, d, s) for d, s in columns for m in metrics]
         if any(v is not None for v in values):
             lines.append(f"| {method} | published ({table.table}) | " + " | ".join(cell(v) for v in values) + " |")
+    # each evaluated method's own paper (published_methods.json), e.g. Ref-Diff's RefCOCOg Google column
+    papers = []
+    for evaluated in dict.fromkeys(_method(summary) for summary in summaries):
+        for row, own in method_rows(evaluated):
+            values = [own.get(row, m, d, s) for d, s in columns for m in metrics]
+            if own is table and row in methods or not any(v is not None for v in values):
+                continue
+            lines.append(f"| {row} | published ({own.table}) | " + " | ".join(cell(v) for v in values) + " |")
+            if own is not table and own.paper not in papers:
+                papers.append(own.paper)
     notes = []
     for label, by_column in ours.items():
         values = [by_column[c]["metrics"].get(m) if c in by_column else None for c in columns for m in metrics]
@@ -543,6 +559,8 @@ def markdown_table(
         text += "\n\n" + "\n".join(f"- {n}" for n in notes)
     if any(table.get(m, "oIoU", d, s) is not None for m in methods for d, s in columns):
         text += f"\n- published: {table.paper}, {table.table}, full splits, in percent."
+    for paper in papers:
+        text += f"\n- published: {paper}, full splits, in percent."
     return text
 
 
