@@ -189,3 +189,19 @@ def test_token_spans(sd):
     man = chars_to_tokens(offsets, 4, 7)
     assert "".join(tokens[i] for i in man).replace("</w>", "") == "man"
     assert 0 not in man and len(ids) - 1 not in man
+
+
+@pytest.mark.parametrize("mode", ["softmax", "logits"])
+def test_guidance_combines_halves_before_normalising(mode):
+    torch.manual_seed(2)
+    q, k = torch.randn(4, 2, 16, 8), torch.randn(4, 2, 7, 8)
+    index = torch.tensor([[3], [4], [3], [4]])
+    plain = CrossAttentionRecorder(token_index=index, latent_size=(4, 4), mode=mode)
+    plain.record(q, k)
+    guided = CrossAttentionRecorder(token_index=index, latent_size=(4, 4), mode=mode, guidance=9.0, normalize_each=True)
+    guided.record(q, k)
+    u, c = plain.mean(0).chunk(2)
+    expected = u + 9.0 * (c - u) if mode == "logits" else c
+    flat = expected.flatten(2)
+    expected = ((flat - flat.amin(-1, keepdim=True)) / (flat.amax(-1, keepdim=True) - flat.amin(-1, keepdim=True))).reshape(expected.shape)
+    torch.testing.assert_close(guided.mean(0), expected, atol=1e-5, rtol=1e-5)

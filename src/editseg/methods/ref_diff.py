@@ -169,6 +169,7 @@ class RefDiff:
             levels=frozenset(c.attention_levels),
             mode="logits" if c.attention_mode == "logits-cfg" else "softmax",
             normalize_each=c.normalize_each_map,
+            guidance=c.guidance_scale if guided else None,
         )
         self.unet.probe(
             state["latents"], prompt, negative if guided else None, recorder,
@@ -177,10 +178,7 @@ class RefDiff:
         grid = None
         total = 0
         for level in sorted(c.attention_levels):
-            maps = recorder.mean(level)  # (UNet batch, T, r, c)
-            if guided:
-                uncond, cond = maps.chunk(2)
-                maps = uncond + c.guidance_scale * (cond - uncond) if c.attention_mode == "logits-cfg" else cond
+            maps = recorder.mean(level)  # (B, T, r, c)
             maps = (maps * weights[..., None, None]).sum(1) / weights.sum(1)[:, None, None]
             if grid is None:
                 grid = maps.shape[-2:]

@@ -34,6 +34,10 @@ class CrossAttentionRecorder:
     level ``l`` when its grid ``ceil(rows / 2^l) x ceil(cols / 2^l)`` holds ``N`` cells.
     ``levels``: levels to record (``None``: all). ``normalize_each``: min-max normalise every
     layer's map before adding it (Ref-Diff's released code does; the paper normalises once).
+    ``guidance``: the UNet batch is ``[unconditional | conditional]`` (classifier-free guidance);
+    each layer's maps become the conditional half (``softmax``) or ``u + guidance * (c - u)``
+    (``logits``, as Ref-Diff's code extrapolates the scores) before normalising and summing, so the
+    sums hold one map per conditional batch element.
     """
 
     token_index: torch.Tensor
@@ -41,6 +45,7 @@ class CrossAttentionRecorder:
     levels: frozenset[int] | None = None
     mode: str = "softmax"
     normalize_each: bool = False
+    guidance: float | None = None
     sums: dict[int, torch.Tensor] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
 
@@ -65,6 +70,9 @@ class CrossAttentionRecorder:
         if self.levels is not None and level not in self.levels:
             return
         maps = token_attention(query, key, self.token_index.to(query.device), self.mode)  # (B, T, N)
+        if self.guidance is not None:
+            uncond, cond = maps.chunk(2)
+            maps = uncond + self.guidance * (cond - uncond) if self.mode == "logits" else cond
         if self.normalize_each:
             maps = min_max(maps)
         maps = maps.reshape(*maps.shape[:2], rows, cols)
