@@ -39,6 +39,14 @@ except ImportError:  # pragma: no cover - until editseg.methods.base exists
 
 DEFAULT_T2I = "flux1-dev"
 TINY_T2I = "tiny-random-flux1"
+TINY_T2I_FLUX2 = "tiny-random-flux2-t2i"
+T2I_MODELS = {
+    "flux1-dev": "FLUX.1 [dev] (the paper's model; black-forest-labs/FLUX.1-dev)",
+    "flux2-klein-4b-t2i": "FLUX.2 [klein] 4B as a text-to-image DiT (our option)",
+    "flux2-klein-9b-t2i": "FLUX.2 [klein] 9B as a text-to-image DiT (our option)",
+    TINY_T2I: "built in, random FLUX.1 weights (offline trials; output meaningless)",
+    TINY_T2I_FLUX2: "built in, random FLUX.2 [klein] weights (offline trials; output meaningless)",
+}
 DEFAULT_SAM = "facebook/sam-vit-huge"
 TINY_MAX_SIDE = 64
 
@@ -303,22 +311,32 @@ class RefAM(Method):
 
 
 def load_t2i_backbone(model: str, device: torch.device, dtype: torch.dtype, offload: str = "none"):
-    """A :class:`~editseg.backbones.flux1_t2i.FluxT2IBackbone` by name, hub id or folder."""
-    from ..backbones import flux1_t2i
-
-    if model == TINY_T2I:
-        from ..backbones.tiny_flux1 import build_tiny_flux_pipeline
-
-        pipeline = build_tiny_flux_pipeline().to(device)
-        if dtype != torch.float32:
-            pipeline = pipeline.to(dtype=dtype)
-        return flux1_t2i.FluxT2IBackbone(pipeline, name=TINY_T2I, is_random=True, default_max_side=TINY_MAX_SIDE)
-    from ..backbones import resolve_model_source
+    """A text-to-image backbone by name (:data:`T2I_MODELS`), hub id or folder: FLUX.1 (``FluxPipeline``)
+    or FLUX.2 [klein] (``Flux2KleinPipeline``, names ending in ``-t2i`` or folders holding one)."""
+    from ..backbones import flux1_t2i, flux2_t2i, resolve_model_source
     from ..errors import OFFLINE_HINT, ModelNotFoundError
 
-    source = resolve_model_source(flux1_t2i.ALIASES.get(model.lower(), model))
+    if model in (TINY_T2I, TINY_T2I_FLUX2):
+        if model == TINY_T2I:
+            from ..backbones.tiny_flux1 import build_tiny_flux_pipeline as build
+        else:
+            from ..backbones.tiny import build_tiny_flux2_klein_pipeline as build
+        pipeline = build().to(device)
+        if dtype != torch.float32:
+            pipeline = pipeline.to(dtype=dtype)
+        cls = flux1_t2i.FluxT2IBackbone if model == TINY_T2I else flux2_t2i.Flux2T2IBackbone
+        side = TINY_MAX_SIDE if model == TINY_T2I else 128
+        return cls(pipeline, name=model, is_random=True, default_max_side=side)
+    hub_id = flux2_t2i.ALIASES.get(model.lower()) or flux1_t2i.ALIASES.get(model.lower(), model)
+    source = resolve_model_source(hub_id)
+    is_flux2 = model.lower() in flux2_t2i.ALIASES or _class_name(source) in ("Flux2KleinPipeline",)
     try:
-        pipeline = flux1_t2i.load_pipeline(source, dtype)
+        if is_flux2:
+            from ..backbones.flux2 import load_pipeline as load_flux2
+
+            pipeline = load_flux2(source, dtype)
+        else:
+            pipeline = flux1_t2i.load_pipeline(source, dtype)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelNotFoundError(
@@ -331,4 +349,17 @@ def load_t2i_backbone(model: str, device: torch.device, dtype: torch.dtype, offl
     else:
         pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
+    if is_flux2:
+        return flux2_t2i.Flux2T2IBackbone(pipeline, name=model)
     return flux1_t2i.FluxT2IBackbone(pipeline, name=model)
+
+
+def _class_name(source: str) -> str | None:
+    import json
+    from pathlib import Path
+
+    index = Path(source) / "model_index.json"
+    try:
+        return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    except (OSError, ValueError):
+        return None
