@@ -113,3 +113,16 @@ def test_errors(loaded, image):
         RefDiff(loaded.unet, None, loaded.clip, RefDiffConfig())
     with pytest.raises(ConfigError, match="CLIP"):
         RefDiff(loaded.unet, loaded.sam, None, RefDiffConfig())
+
+
+def test_options_build_the_config():
+    from editseg.methods.ref_diff import _config_from_options
+
+    opts = {"preset": "GS", "alpha": 0.7, "batch_size": 2}
+    cfg = _config_from_options(None, opts)
+    assert cfg.alpha == 0.7 and cfg.proposals == "sam" and opts == {"batch_size": 2}
+    assert _config_from_options(RefDiffConfig(beta=0.5), {"steps": 3}).replace() == RefDiffConfig(beta=0.5, steps=3)
+    with pytest.raises(ConfigError):
+        _config_from_options(RefDiffConfig(), {"preset": "G"})
+    with pytest.raises(ConfigError, match="Unknown"):
+        RefDiff.from_pretrained("tiny-random-sd15", device="cpu", nonsense=1)

@@ -80,10 +80,16 @@ class RefDiff:
     ) -> "RefDiff":
         """Load SD 1.5 (``model``: hub id, folder, ``sd15`` or ``tiny-random-sd15``) and the SAM / CLIP that
         ``config`` needs (``components={"sam": ..., "clip": ...}``; defaults: SAM ViT-H, CLIP ViT-B/16 as the
-        paper; tiny random ones with ``tiny-random-sd15``)."""
+        paper; tiny random ones with ``tiny-random-sd15``).
+
+        ``options``: ``batch_size``, ``preset`` (see :meth:`RefDiffConfig.preset`) and any
+        :class:`RefDiffConfig` field, applied over ``config``."""
         if offload != "none":
-            raise ConfigError("Ref-Diff loads SD 1.5, SAM and CLIP whole; offload is not supported (they fit in ~8 GB).")
-        config = config or RefDiffConfig()
+            raise ConfigError("Ref-Diff loads SD 1.5, SAM and CLIP whole; offload is not supported (they fit in ~6 GB).")
+        config = _config_from_options(config, options)
+        unknown = set(options) - {"batch_size"}
+        if unknown:
+            raise ConfigError(f"Unknown Ref-Diff option(s): {', '.join(sorted(unknown))}.")
         model = model or DEFAULT_COMPONENTS["unet"]
         defaults = TINY_COMPONENTS if model == TINY_SD15 else DEFAULT_COMPONENTS
         chosen = {**defaults, **dict(components or {})}
@@ -242,6 +248,19 @@ class RefDiff:
         regions = eq.region_embedding(f_masked, f_crop, c.beta)
         text = self.clip.encode_text([expression, root])
         return eq.discriminative_scores(regions, eq.text_representation(text[0], text[1]))
+
+
+def _config_from_options(config: RefDiffConfig | None, options: dict) -> RefDiffConfig:
+    """``config`` (or a preset, or the defaults) with the RefDiffConfig fields in ``options`` applied;
+    those are removed from ``options`` (the rest go to the constructor)."""
+    fields = set(RefDiffConfig.__dataclass_fields__)
+    changes = {k: options.pop(k) for k in list(options) if k in fields}
+    preset = options.pop("preset", None)
+    if preset is not None:
+        if config is not None:
+            raise ConfigError("Give either a Ref-Diff config or a preset, not both.")
+        return RefDiffConfig.preset(preset, **changes)
+    return (config or RefDiffConfig()).replace(**changes)
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
