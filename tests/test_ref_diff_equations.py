@@ -91,6 +91,8 @@ def test_root_rules_and_directions():
     assert root_by_rules("the man in the red shirt").text == "man"
     assert root_by_rules("left zebra").text == "zebra"
     assert root_by_rules("zebra on the left").text == "zebra"
+    assert root_by_rules("black horse jumping").text == "horse"
+    assert root_by_rules("tall building behind the car").text == "building"
     r = root_by_rules("a big red car near the bus")
     assert r.text == "car" and "a big red car near the bus"[slice(*r.span)] == "car"
     assert direction_clue("the leftmost girl") == "left"

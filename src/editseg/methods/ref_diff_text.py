@@ -4,9 +4,10 @@ Root word (paper §3.2: "the ROOT element in the syntax tree"; its released code
 token whose dependency is ROOT or a subject): with spaCy and an official English model the user
 installed (``python -m spacy download en_core_web_sm``) that rule is applied to the parse.
 Without one, a documented rule stands in: the head noun of the leading phrase, i.e. the last
-word before the first relation word (preposition, relative pronoun, verb-like connective) that
-is neither a direction word nor a stop word ("the man in the red shirt" → "man",
-"left zebra" → "zebra").
+word before the first relation word (preposition, relative pronoun, verb-like connective, or an
+"-ing" participle other than the nouns in :data:`ING_NOUNS`) that is neither a direction word nor
+a stop word ("the man in the red shirt" → "man", "left zebra" → "zebra", "black horse jumping" →
+"horse").
 
 Direction clue (paper §3.3, eq. 6): the first of left / right / top / bottom (and their variants
 in :data:`DIRECTION_WORDS`) that occurs in the expression.
@@ -28,6 +29,10 @@ RELATION_WORDS = frozenset(
     """in on at with to of from by near next beside behind under over above below between across along
     around against toward towards upon inside outside that who which whose where while holding wearing
     sitting standing walking looking carrying eating riding having has is are was were""".split()
+)
+ING_NOUNS = frozenset(
+    """building ring thing king painting clothing ceiling string wing sibling wedding evening morning topping
+    frosting icing railing awning filling stuffing pudding dumpling sapling seedling duckling darling""".split()
 )
 STOP_WORDS = frozenset("a an the this that these those his her its their my your our one".split())
 PARSERS = ("auto", "spacy", "rules")
@@ -51,7 +56,9 @@ def root_by_rules(expression: str) -> RootWord:
         return RootWord(expression, (0, len(expression)), "rules")
     leading = []
     for index, word in enumerate(words):
-        if index > 0 and word[0].lower() in RELATION_WORDS:
+        lowered = word[0].lower()
+        participle = len(lowered) > 4 and lowered.endswith("ing") and lowered not in ING_NOUNS
+        if index > 0 and (lowered in RELATION_WORDS or participle):
             break
         leading.append(word)
     candidates = [w for w in leading if w[0].lower() not in DIRECTION_WORDS and w[0].lower() not in STOP_WORDS]
