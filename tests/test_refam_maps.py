@@ -67,6 +67,16 @@ def test_aggregate_is_the_mean_over_kept_tokens():
                                torch.ones(1, 2, 2))
 
 
+def test_classify_tokens_with_leading_space_offsets():
+    # byte-level BPE (Qwen) offsets include the space before a word: " the" is still a stop word
+    text = "the red dog _ with"
+    offsets = [(0, 3), (3, 7), (7, 11), (11, 13), (13, 18)]
+    tokens = maps.classify_tokens(text, offsets, [0, 1, 2, 3, 4], (0, 11))
+    assert [t.role for t in tokens] == ["stop", "content", "content", "magnet", "magnet"]
+    tokens = maps.classify_tokens("a the", [(0, 1), (1, 5)], [0, 1], (0, 5))
+    assert [t.role for t in tokens] == ["stop", "stop"]
+
+
 def test_keep_mask_filters_and_falls_back():
     T = maps.TrackedToken
     row = [T(0, "the", "stop"), T(1, "red", "content"), T(2, "dog", "content", False), T(3, "with", "magnet"), T(4, "</s>", "eos", False)]

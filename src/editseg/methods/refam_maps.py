@@ -80,6 +80,8 @@ def classify_tokens(
     for position in positions:
         a, b = offsets[position]
         piece = text[a:b]
+        while a < b and not text[a].isalnum() and text[a] not in "_;.-":  # byte-level BPE spans carry the leading space
+            a += 1
         if position == eos_position:
             tokens.append(TrackedToken(position, piece or "</s>", "eos", False))
             continue
