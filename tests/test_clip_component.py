@@ -104,3 +104,11 @@ def test_errors(clip, image, tmp_path):
         clip.encode_images([image], layer=-10)
     with pytest.raises(ModelNotFoundError, match="CLIP"):
         ClipComponent.from_pretrained(str(tmp_path / "nope"), device="cpu")
+
+
+def test_loads_a_saved_folder(tmp_path, clip, image):
+    clip.model.save_pretrained(tmp_path)
+    clip.processor.save_pretrained(tmp_path)
+    loaded = ClipComponent.from_pretrained(str(tmp_path), device="cpu")
+    torch.testing.assert_close(loaded.encode_images([image]), clip.encode_images([image]))
+    torch.testing.assert_close(loaded.encode_text(["a dog"]), clip.encode_text(["a dog"]))

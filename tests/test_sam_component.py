@@ -168,3 +168,16 @@ def test_errors(tmp_path):
         SamComponent.from_pretrained(str(tmp_path / "missing"), device="cpu")
     with pytest.raises(ModelNotFoundError, match="SAM"):
         SamComponent.from_pretrained(str(tmp_path), device="cpu")
+
+
+def test_loads_a_saved_folder(tmp_path, image):
+    model, processor = build_tiny_sam()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = SamComponent.from_pretrained(str(tmp_path), device="cpu")
+    reference = SamComponent(model, processor)
+    loaded.set_image(image)
+    reference.set_image(image)
+    a, sa = loaded.predict_points([[20, 20]])
+    b, sb = reference.predict_points([[20, 20]])
+    assert (a == b).all() and np.allclose(sa, sb)

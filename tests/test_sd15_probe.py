@@ -205,3 +205,15 @@ def test_guidance_combines_halves_before_normalising(mode):
     flat = expected.flatten(2)
     expected = ((flat - flat.amin(-1, keepdim=True)) / (flat.amax(-1, keepdim=True) - flat.amin(-1, keepdim=True))).reshape(expected.shape)
     torch.testing.assert_close(guided.mean(0), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_loads_a_saved_folder(tmp_path, sd, square):
+    sd.pipeline.save_pretrained(tmp_path)
+    loaded = StableDiffusion15.from_pretrained(str(tmp_path), device="cpu")
+    assert loaded.image_side == 1024 and not loaded.is_random
+    prompt, _ = loaded.encode_prompts(["a red car"], False)
+    torch.testing.assert_close(prompt, sd.encode_prompts(["a red car"], False)[0])
+    from editseg.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="Stable Diffusion"):
+        StableDiffusion15.from_pretrained(str(tmp_path / "missing"), device="cpu")

@@ -138,7 +138,7 @@ class StableDiffusion15:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return StableDiffusionPipeline.from_pretrained(
-                    src, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+                    src, dtype=dtype, safety_checker=None, requires_safety_checker=False
                 )
 
         pipeline = load_or_explain("Stable Diffusion 1.5 pipeline", model, source, load).to(device)

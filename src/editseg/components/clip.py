@@ -89,7 +89,7 @@ class ClipComponent:
         def load(src: str):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return CLIPModel.from_pretrained(src, torch_dtype=dtype), CLIPProcessor.from_pretrained(src)
+                return CLIPModel.from_pretrained(src, dtype=dtype), CLIPProcessor.from_pretrained(src)
 
         clip, processor = load_or_explain("CLIP model", model, source, load)
         return cls(clip.to(device), processor, name=model)

@@ -165,7 +165,7 @@ class SamComponent:
         def load(src: str):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the PIL-backend fallback notice when torchvision is absent
-                return SamModel.from_pretrained(src, torch_dtype=dtype), SamProcessor.from_pretrained(src)
+                return SamModel.from_pretrained(src, dtype=dtype), SamProcessor.from_pretrained(src)
 
         sam, processor = load_or_explain("SAM model", model, source, load)
         return cls(sam.to(device), processor, name=model)
