@@ -54,3 +54,18 @@ def test_empty_mask_falls_back_to_heat_or_skips(sam):
     assert info["refined"] and info["box"] == (5, 10, 15, 20)
     with pytest.raises(ValueError):
         SamRefineSettings(choose="x")
+
+
+def test_refine_result_in_place(sam):
+    from editseg.methods.results_compat import SegmentationResult
+    from editseg.methods.sam_refine import refine_result
+
+    coarse = np.zeros((40, 52), bool)
+    coarse[8:30, 10:40] = True
+    ram = np.random.default_rng(1).random((40, 52)).astype(np.float32)
+    result = SegmentationResult(expression="x", mask=coarse.copy(), maps={"ram": ram}, config={"tau": 0.8})
+    expected, info = refine_with_sam(sam, coarse, ram)
+    refine_result(sam, result)
+    assert (result.mask == expected).all() and (result.maps["coarse"] == coarse).all()
+    assert result.config["tau"] == 0.8 and result.config["refine"]["chosen"] == info["chosen"]
+    assert result.box == mask_box(expected)
