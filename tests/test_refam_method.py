@@ -121,6 +121,13 @@ def test_switches_change_the_input(method, image):
         RefAM(method.backbone, method.sam, RefAMConfig(parser="rules")).predict(["x"])
 
 
+def test_unknown_option_is_a_config_error():
+    from editseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Unknown RefAM option"):
+        RefAM.from_pretrained("tiny-random-flux1", device="cpu", magnet="pink")
+
+
 def test_skip_blocks_fraction(method):
     method.config = RefAMConfig(parser="rules", skip_blocks_fraction=0.6)
     assert method.blocks() == [3, 4]

@@ -180,7 +180,13 @@ class RefAM(Method):
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         batch_size = options.pop("batch_size", 4)
-        config = config or RefAMConfig(**options)
+        if config is None:
+            unknown = sorted(set(options) - set(RefAMConfig.__dataclass_fields__))
+            if unknown:
+                raise ConfigError(
+                    f"Unknown RefAM option(s) {', '.join(unknown)}; choose from {', '.join(RefAMConfig.__dataclass_fields__)}."
+                )
+            config = RefAMConfig(**options)
         backbone = load_t2i_backbone(model, device, dtype, offload)
         sam_id = (components or {}).get("sam") or ("tiny-random-sam" if backbone.is_random else DEFAULT_SAM)
         sam = SamComponent.from_pretrained(sam_id, device=device, dtype=torch.float32)
