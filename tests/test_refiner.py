@@ -109,7 +109,11 @@ def test_call_hook_needs_an_image(pipeline, image, monkeypatch):
         refiner("the dog")
     monkeypatch.setattr(refiner, "generate", lambda img, instr: "remove the dog on the left side.")
     refiner.set_image(image)
+    assert refiner.record_for("the dog") == {}
     assert refiner("the dog") == "remove the dog on the left side."
+    assert refiner.record_for(" the  dog ")["refined_instruction"] == "remove the dog on the left side."
+    refiner.set_image(image)
+    assert refiner.record_for("the dog") == {}
 
 
 def test_splice_and_refusals():

@@ -155,6 +155,7 @@ class InstructionRefiner:
         self.base_template = base_template
         self._image: Image.Image | None = None
         self._image_digest: str | None = None
+        self._latest: dict[str, Refinement] = {}
 
     @property
     def identity(self) -> str:
@@ -204,12 +205,20 @@ class InstructionRefiner:
         """The image later :meth:`__call__` calls refer to."""
         self._image = image.convert("RGB")
         self._image_digest = image_hash(self._image)
+        self._latest = {}
 
     def __call__(self, expression: str) -> str:
         """The refined instruction for ``expression`` in the current image (``Segmenter`` hook)."""
         if self._image is None:
             raise ConfigError("The instruction refiner has no image: call set_image(image) first.")
-        return self.refine(self._image, expression).instruction
+        refinement = self.refine(self._image, expression)
+        self._latest[refinement.expression] = refinement
+        return refinement.instruction
+
+    def record_for(self, expression: str) -> dict[str, Any]:
+        """Record fields of the refinement last made for ``expression`` in the current image ({} if none)."""
+        refinement = self._latest.get(normalize_expression(expression))
+        return refinement.record() if refinement is not None else {}
 
     # -- refinement ------------------------------------------------------------------------------
     def inputs(self, image: Image.Image, instruction: str) -> dict:
