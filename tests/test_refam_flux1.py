@@ -178,7 +178,7 @@ def test_token_probes_match_full_softmax(backbone, image):
 
 def test_editor_adapter_reads_clean_rows_of_flux2_klein():
     """The same per-token probe through the FLUX.2 [klein] editor's own processors (clean rows)."""
-    import editseg.backbones.processors as processors_module  # the probe processors' attention call
+    import editseg.probing.processors as processors_module  # the probe processors' attention call
     from editseg.backbones import load_backbone
     from editseg.backbones.flux2 import probes_installed
     from editseg.probing.token_attention import EditorTokenProbe, T2ILayout, TokenAttentionRecorder

@@ -30,7 +30,7 @@ from PIL import Image
 from ..errors import ExpressionError, ImageLoadError
 from ..geometry import ImageGeometry
 from ..probing.token_attention import T2ILayout, TokenAttentionRecorder, TokenProbePlan
-from .processors import flux_joint_qkv, swapped_processors
+from ..probing.processors import flux_joint_qkv, swapped_processors
 
 MAX_SEQUENCE_LENGTH = 512
 DEFAULT_GUIDANCE_SCALE = 3.5

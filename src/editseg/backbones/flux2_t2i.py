@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..probes import TokenLayout
+from ..probing.recorder import TokenLayout
 from ..probing.token_attention import EditorTokenProbe, TokenAttentionRecorder, TokenProbePlan
 from .flux1_t2i import FluxT2IBackbone, T2IImage, T2IText
 from .flux2 import GUIDANCE_SCALE, Flux2KleinBackbone, probes_installed

@@ -118,11 +118,12 @@ class _ImageState:
 
 
 def _make_result(**fields):
-    try:
-        from ..results import SegmentationResult
-    except ImportError:  # until the core restructure lands
-        return RefAMResult(**fields)
-    return SegmentationResult(**fields)
+    from .. import results
+
+    result_type = getattr(results, "SegmentationResult", None)
+    if result_type is None or "maps" not in getattr(result_type, "__dataclass_fields__", {}):
+        return RefAMResult(**fields)  # until the Method interface's result type lands (TEAM.md)
+    return result_type(**fields)
 
 
 @dataclass
