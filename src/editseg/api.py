@@ -81,6 +81,8 @@ class Segmenter:
         """Load, pre-process and encode ``image``; later :meth:`predict` calls reuse it."""
         start = time.perf_counter()
         rgb = load_image(image, max_pixels=self.max_pixels)
+        if hasattr(self.instruction_refiner, "set_image"):  # an MLLM refiner looks at the image
+            self.instruction_refiner.set_image(rgb)
         with self._memory_guard(), torch.inference_mode():
             self._image = self.backbone.prepare_image(rgb, max_side=self.max_side)
         self._image_seconds = _elapsed(start, self.backbone.device)
@@ -226,11 +228,16 @@ class Segmenter:
                         prompt_tokens=text.prompts[i].token_strings(token_sets[i]),
                         timings=dict(timings),
                         model=backbone.name,
-                        config={**config.to_dict(), "feature_block": feature_block},
+                        config={**config.to_dict(), "feature_block": feature_block, **self._refiner_record(expression)},
                     )
                     for i, expression in enumerate(expressions)
                 ])
         return outputs
+
+    def _refiner_record(self, expression: str) -> dict:
+        """The refined instruction and the refiner's identity, when an MLLM refiner is in use."""
+        record_for = getattr(self.instruction_refiner, "record_for", None)
+        return record_for(expression) if record_for is not None else {}
 
     @contextmanager
     def _memory_guard(self) -> Iterator[None]:

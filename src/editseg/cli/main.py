@@ -46,6 +46,10 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--template", default="remove", help=f"instruction template: {', '.join(INSTRUCTION_TEMPLATES)}, or a format string with {{expression}} (default: remove)")
     group.add_argument("--similarity", default="cosine", choices=SIMILARITIES, help="eq. 6 scoring: cosine (normalised prototypes, the paper's text) or dot (eq. 6 as typeset)")
     group.add_argument("--seed", type=int, default=0, help="seed of the first-step noise (default: 0)")
+    refine = parser.add_argument_group("MLLM instruction refinement (paper §3.2, A3)")
+    refine.add_argument("--refine-instruction", action="store_true", help="let a Qwen2.5-VL rewrite 'remove <expression>' into a clear editing instruction (the backbone's own VLM when it has one; cached on disk)")
+    refine.add_argument("--refiner-model", default=None, help="Qwen2.5-VL hub id or folder for --refine-instruction (default: the backbone's own, e.g. Step1X-Edit's / Qwen-Image-Edit's)")
+    refine.add_argument("--refiner-cache", default=None, help="JSONL cache of refinements (default: $EDITSEG_CACHE_DIR/refinements.jsonl or ~/.cache/editseg/refinements.jsonl)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,12 +136,26 @@ def _segmenter_from_args(args: argparse.Namespace):
         print(f"{banner}\n{RANDOM_WEIGHTS_NOTICE.format(name=backbone.name)}\n{banner}", file=sys.stderr)
     elif backbone.name == TOY_SHAPES:
         print(TOY_SHAPES_NOTICE, file=sys.stderr)
+    refiner = _refiner_from_args(args, backbone, torch, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Segmenter(
-            backbone, config=config, batch_size=args.batch_size,
+            backbone, config=config, batch_size=args.batch_size, instruction_refiner=refiner,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_side=args.max_side,
         )
+
+
+def _refiner_from_args(args: argparse.Namespace, backbone, torch, dtype):
+    """The MLLM instruction refiner of ``--refine-instruction`` (None without the flag)."""
+    if not getattr(args, "refine_instruction", False):
+        return None
+    from ..components.refiner import InstructionRefiner, RefinementCache
+
+    cache = RefinementCache(args.refiner_cache)
+    if args.refiner_model:
+        print(f"editseg: loading the refiner {args.refiner_model} ...", file=sys.stderr)
+        return InstructionRefiner.from_pretrained(args.refiner_model, device=args.device, dtype=dtype, cache=cache)
+    return InstructionRefiner.from_backbone(backbone, cache=cache)
 
 
 def run_segment(args: argparse.Namespace) -> int:

@@ -204,6 +204,9 @@ def _safe_name(sample_id: str) -> str:
     return safe
 
 
+REFINER_KEYS = ("refined_instruction", "refiner", "refiner_raw", "refiner_fallback")
+
+
 def sample_record(
     sample: ReferringSample,
     result: "SegmentationResult",
@@ -237,6 +240,8 @@ def sample_record(
         "gt_area": int(gt.sum()),
         "size": [int(gt.shape[1]), int(gt.shape[0])],
         "timings": {**result.timings, **(timings or {})},
+        # the MLLM refiner's instruction and identity, when --refine-instruction was used
+        **{key: result.config[key] for key in REFINER_KEYS if key in result.config},
     }
 
 
