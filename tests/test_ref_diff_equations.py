@@ -126,3 +126,14 @@ def test_config_presets_and_validation():
     with pytest.raises(ConfigError):
         RefDiffConfig.preset("nope")
     assert RefDiffConfig().to_dict()["thresholds"][0] == 0.05
+
+
+def test_proposal_score_map_naive():
+    masks = rng.random((3, 4, 5)) > 0.5
+    scores = np.array([0.2, -1.0, 3.0])
+    got = eq.proposal_score_map(masks, scores)
+    norm = (scores + 1.0) / 4.0
+    for y in range(4):
+        for x in range(5):
+            covering = [norm[i] for i in range(3) if masks[i, y, x]]
+            assert got[y, x] == pytest.approx(max(covering) if covering else 0.0)

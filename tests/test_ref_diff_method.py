@@ -37,6 +37,8 @@ def test_full_method_follows_the_equations(loaded, image):
         c = r.maps["generative"]
         assert r.method == "ref-diff" and r.mask.shape == (40, 56) and r.mask.dtype == bool
         assert c.shape == (40, 56) and c.min() >= -1e-6 and c.max() <= 1 + 1e-6
+        assert set(r.maps) == {"generative", "discriminative", "proposal_scores"}
+        assert all(m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1 for m in r.maps.values())
         assert r.token_maps["generative"].shape == (32, 32)  # level 0 of a 64 px square through a 2x VAE
         masks = np.stack([p["mask"] for p in r.proposals])
         assert all(p["source"] == "sam" for p in r.proposals)

@@ -215,7 +215,8 @@ class RefDiff:
             ]
             results.append(SegmentationResult(
                 expression=expression, mask=mask, method=self.name, instruction=expression,
-                maps={"generative": cmap}, token_maps={"generative": token_map.cpu().numpy().astype(np.float32)},
+                maps={"generative": cmap, "proposal_scores": eq.proposal_score_map(masks, scores),
+                      **({"discriminative": eq.proposal_score_map(masks, s_d)} if c.uses_clip else {})}, token_maps={"generative": token_map.cpu().numpy().astype(np.float32)},
                 box=_box(mask), proposals=proposals, prompt_token_indices=indices, prompt_tokens=tokens,
                 timings={"image": state["seconds"], "probe_batch": probe_seconds, "scoring": time.perf_counter() - t0},
                 model=self.unet.name, config={**c.to_dict(), "root_word": root, "direction": self._direction(expression)},

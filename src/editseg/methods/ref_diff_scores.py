@@ -85,3 +85,15 @@ def generative_scores(c: np.ndarray, masks: np.ndarray) -> np.ndarray:
     mean_in = np.divide(sum_in, inside, out=np.zeros_like(sum_in), where=inside > 0)
     mean_out = np.divide(sum_out, outside, out=np.zeros_like(sum_out), where=outside > 0)
     return mean_in - mean_out
+
+
+def proposal_score_map(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1] for display: each pixel takes the highest score (min-max normalised
+    over the proposals) of the proposals covering it; uncovered pixels are 0."""
+    scores = np.asarray(scores, dtype=np.float64)
+    low, high = scores.min(), scores.max()
+    norm = (scores - low) / (high - low) if high > low else np.ones_like(scores)
+    out = np.zeros(masks.shape[1:], dtype=np.float32)
+    for mask, value in zip(masks, norm):
+        np.maximum(out, np.where(mask, np.float32(value), np.float32(0)), out=out)
+    return out
