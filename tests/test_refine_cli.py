@@ -67,6 +67,10 @@ def test_eval_records_carry_refiner_fields():
     mask[1:3, 1:3] = True
     heat = mask.astype(np.float32)
     fields = {"refined_instruction": "Remove the dog.", "refiner": "vlm|prompt:x", "refiner_raw": "Remove the dog.", "refiner_fallback": False}
-    result = SegmentationResult("the dog", "Remove the dog.", mask, heat, heat, heat, heat, [1], ["dog"], config={"tau": 0.8, **fields})
+    result = SegmentationResult(
+        "the dog", mask, instruction="Remove the dog.", maps={"cam": heat, "ram": heat},
+        token_maps={"cam": heat, "ram": heat}, prompt_token_indices=[1], prompt_tokens=["dog"],
+        config={"tau": 0.8, **fields},
+    )
     record = sample_record(Sample(), result, mask)
     assert {k: record[k] for k in REFINER_KEYS} == fields and record["instruction"] == "Remove the dog."
