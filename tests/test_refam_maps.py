@@ -159,3 +159,22 @@ def test_spacy_doc_built_in_process():
     # the same Doc through ExpressionParser with an injected pipeline
     parser = ExpressionParser("spacy", nlp=lambda text: doc)
     assert parser(expression).noun_phrase == "the man"
+
+
+def test_random_vector_magnets():
+    torch.manual_seed(0)
+    embeds = torch.randn(2, 10, 8)
+    before = embeds.clone()
+    T = maps.TrackedToken
+    tokens = [[T(0, "dog", "content"), T(1, "</s>", "eos", False)], [T(0, "a", "stop"), T(1, "b", "content"), T(2, "</s>", "eos", False)]]
+    out = maps.append_random_vector_magnets(embeds, tokens, [2, 3], 3, seed=1)
+    assert [t.position for t in out[0]] == [0, 1, 2, 3, 4] and [t.role for t in out[0][2:]] == ["magnet"] * 3
+    assert [t.position for t in out[1][3:]] == [3, 4, 5]
+    for row, real in ((0, 2), (1, 3)):
+        torch.testing.assert_close(embeds[row, :real], before[row, :real])
+        torch.testing.assert_close(embeds[row, real + 3 :], before[row, real + 3 :])
+        target = before[row, :real].norm(dim=-1).mean()
+        torch.testing.assert_close(embeds[row, real : real + 3].norm(dim=-1), target.expand(3))
+    assert maps.keep_mask(out[0]) == [True, False, False, False, False]
+    with pytest.raises(ValueError):
+        maps.append_random_vector_magnets(embeds, tokens, [2, 3], 8)

@@ -115,6 +115,10 @@ def test_switches_change_the_input(method, image):
     method.config = RefAMConfig(parser="rules", color_magnets=())
     [stop_only] = method.predict(["the red dog"])
     assert stop_only.instruction == "the red dog _ with to and"
+    method.config = RefAMConfig(parser="rules", attention_magnets=False, random_vector_magnets=5)
+    [vectors] = method.predict(["the red dog"])
+    assert vectors.instruction == "the red dog"
+    assert not np.allclose(vectors.token_maps["attention"], plain.token_maps["attention"])
     with pytest.raises(Exception, match="mask_choice"):
         RefAMConfig(mask_choice="biggest")
     with pytest.raises(Exception, match="No image"):

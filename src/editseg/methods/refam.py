@@ -65,7 +65,11 @@ class RefAMConfig:
     - ``inversion``, ``inversion_gamma``: RF inversion (App. A.1) and its controller γ;
     - ``caption``: the prompt of the trajectory (App. A.2/A.3; "" = the empty prompt);
     - ``skip_blocks_fraction``: drop the first fraction of blocks (§3.3 Table 1; 0 = all blocks);
-    - ``mask_choice``: which SAM multimask output to keep.
+    - ``mask_choice``: which SAM multimask output to keep;
+    - ``random_vector_magnets``: n > 0 adds n random-vector magnets (Table 5 "random vectors (5x)":
+      seeded Gaussian vectors rescaled to the mean norm of the prompt's real token embeddings, written
+      into the first padding slots after the prompt; combine with ``attention_magnets=False`` for the
+      paper's row). Random stop-word sets (Table 5 "random stop words") are ``magnets=(...)``.
     """
 
     attention_magnets: bool = True
@@ -87,6 +91,7 @@ class RefAMConfig:
     caption: str = ""
     skip_blocks_fraction: float = 0.0
     mask_choice: str = "best-score"
+    random_vector_magnets: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -237,7 +242,8 @@ class RefAM(Method):
         t0 = time.perf_counter()
         parsed = [self.parser(e) for e in expressions]
         texts, spans = zip(*(maps.expanded_expression(e, config.appended) for e in expressions))
-        text = backbone.encode_text(list(texts))
+        with torch.inference_mode():
+            text = backbone.encode_text(list(texts))
         tokens = []
         for b in range(len(expressions)):
             at = text.starts[b]
@@ -247,6 +253,9 @@ class RefAM(Method):
                     text.encoder_texts[b], text.offsets[b], text.tracked[b], (at + spans[b][0], at + spans[b][1]), phrase, text.eos[b]
                 )
             )
+        if config.random_vector_magnets:
+            with torch.inference_mode():
+                tokens = maps.append_random_vector_magnets(text.embeds, tokens, text.num_real, config.random_vector_magnets, config.seed)
         count = max(len(t) for t in tokens)
         positions = torch.zeros(len(expressions), count, dtype=torch.long)
         valid = torch.zeros(len(expressions), count, dtype=torch.bool)

@@ -101,6 +101,25 @@ def classify_tokens(
     return tokens
 
 
+def append_random_vector_magnets(
+    embeds: torch.Tensor, tokens: list[list[TrackedToken]], num_real: list[int], count: int, seed: int = 0
+) -> list[list[TrackedToken]]:
+    """Write ``count`` random-vector magnets into each row's first padding slots (in place) and
+    track them as magnets (RefAM Table 5 "random vectors"): Gaussian vectors rescaled to the mean
+    L2 norm of that row's real token embeddings. Returns the extended token lists."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    extended = []
+    for row, (row_tokens, real) in enumerate(zip(tokens, num_real)):
+        if real + count > embeds.shape[1]:
+            raise ValueError(f"no room for {count} random-vector magnets after {real} tokens")
+        norm = embeds[row, :real].float().norm(dim=-1).mean()
+        vectors = torch.randn(count, embeds.shape[-1], generator=generator)
+        vectors = vectors / vectors.norm(dim=-1, keepdim=True) * norm
+        embeds[row, real : real + count] = vectors.to(embeds.device, embeds.dtype)
+        extended.append(row_tokens + [TrackedToken(real + i, "<random>", "magnet", False) for i in range(count)])
+    return extended
+
+
 def _word_around(text: str, a: int, b: int) -> str:
     while a > 0 and (text[a - 1].isalnum() or text[a - 1] == "'"):
         a -= 1
