@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -32,10 +32,8 @@ from ..text import normalize_expression
 from . import refam_maps as maps
 from .refam_text import DEFAULT_SPACY_MODEL, ExpressionParser
 
-try:  # the Method interface lands with the core restructure (TEAM.md)
-    from .base import Method
-except ImportError:  # pragma: no cover - until editseg.methods.base exists
-    from abc import ABC as Method  # type: ignore[assignment]
+from ..results import SegmentationResult
+from .base import Method, memory_guard
 
 DEFAULT_T2I = "flux1-dev"
 TINY_T2I = "tiny-random-flux1"
@@ -122,35 +120,6 @@ class _ImageState:
     seconds: float
 
 
-def _make_result(**fields):
-    from .. import results
-
-    result_type = getattr(results, "SegmentationResult", None)
-    if result_type is None or "maps" not in getattr(result_type, "__dataclass_fields__", {}):
-        return RefAMResult(**fields)  # until the Method interface's result type lands (TEAM.md)
-    return result_type(**fields)
-
-
-@dataclass
-class RefAMResult:
-    """Stand-in with the fields of ``editseg.results.SegmentationResult`` (TEAM.md) until it lands."""
-
-    expression: str
-    mask: np.ndarray
-    method: str = "refam"
-    instruction: str = ""
-    maps: dict = field(default_factory=dict)
-    token_maps: dict = field(default_factory=dict)
-    point: tuple[int, int] | None = None
-    box: tuple[int, int, int, int] | None = None
-    proposals: list | None = None
-    prompt_token_indices: list = field(default_factory=list)
-    prompt_tokens: list = field(default_factory=list)
-    timings: dict = field(default_factory=dict)
-    model: str = ""
-    config: dict = field(default_factory=dict)
-
-
 class RefAM(Method):
     """RefAM behind the Method interface: ``set_image`` once, ``predict`` any number of expressions."""
 
@@ -205,7 +174,7 @@ class RefAM(Method):
         """Encode the image, bring it to the collection timestep, and give it to SAM."""
         start = time.perf_counter()
         config, backbone = self.config, self.backbone
-        with torch.inference_mode():
+        with memory_guard(backbone.device), torch.inference_mode():
             prepared = backbone.prepare_image(image)
             timesteps, sigmas = backbone.schedule(prepared.latents.shape[1], config.num_steps)
             index = int(torch.argmin((timesteps.float() - config.timestep).abs()))
@@ -226,8 +195,9 @@ class RefAM(Method):
             expressions = [expressions]
         expressions = [normalize_expression(e) for e in expressions]
         results = []
-        for start in range(0, len(expressions), self.batch_size):
-            results.extend(self._predict_batch(expressions[start : start + self.batch_size]))
+        with memory_guard(self.backbone.device):
+            for start in range(0, len(expressions), self.batch_size):
+                results.extend(self._predict_batch(expressions[start : start + self.batch_size]))
         return results
 
     def blocks(self) -> list[int]:
@@ -291,7 +261,7 @@ class RefAM(Method):
             heat_input = state.image.geometry.to_input(heat_grid[None])[0].cpu().numpy()
             kept = [t.position for t, k in zip(row, keep) if k]
             results.append(
-                _make_result(
+                SegmentationResult(
                     expression=expression,
                     mask=np.asarray(masks[chosen], dtype=bool),
                     method=self.name,
