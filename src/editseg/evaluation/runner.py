@@ -163,6 +163,11 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
     return info
 
 
+def is_early_grounding(segmenter: "Segmenter") -> bool:
+    """Whether ``segmenter`` runs the paper's method (whose MethodConfig drives sweeps and settings)."""
+    return getattr(getattr(segmenter, "method", None), "name", "early-grounding") == "early-grounding"
+
+
 def run_settings(
     segmenter: "Segmenter",
     dataset: Any,
@@ -170,6 +175,17 @@ def run_settings(
     shard_spec: str | tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The settings a records file is tied to: model, method settings, input size, data, shard."""
+    if not is_early_grounding(segmenter):
+        method = segmenter.method
+        method_config = getattr(method, "config", None)
+        return {
+            "model": getattr(getattr(method, "backbone", None), "name", ""),
+            "method": method.name,
+            "config": method_config.to_dict() if hasattr(method_config, "to_dict") else {},
+            "max_side": segmenter.max_side,
+            **dataset_info(dataset),
+            "shard": shard_label(shard_spec),
+        }
     backbone = segmenter.backbone
     return {
         "model": backbone.name,
@@ -200,6 +216,19 @@ def _safe_name(sample_id: str) -> str:
     if safe != sample_id:  # keep names unique when characters were replaced
         safe += f"-{zlib.crc32(sample_id.encode('utf-8')):08x}"
     return safe
+
+
+def point_hit(result: "SegmentationResult", gt: np.ndarray) -> bool | None:
+    """Point accuracy: the RAM's argmax (early grounding), else the method's own point (RefAM's SAM
+    prompt), else the argmax of its first map, inside the ground truth; None when it has none."""
+    if "ram" in result.maps:
+        return argmax_in_mask(result.maps["ram"], gt)
+    if result.point is not None:
+        x, y = result.point
+        return bool(gt[int(y), int(x)])
+    if result.maps:
+        return argmax_in_mask(next(iter(result.maps.values())), gt)
+    return None
 
 
 REFINER_KEYS = ("refined_instruction", "refiner", "refiner_raw", "refiner_fallback")
@@ -233,7 +262,7 @@ def sample_record(
         "intersection": intersection,
         "union": union,
         # RAM at the input resolution: the token grid may cover a centre crop of the image
-        "point_hit": argmax_in_mask(result.ram, gt),
+        "point_hit": point_hit(result, gt),
         "pred_area": int(result.mask.sum()),
         "gt_area": int(gt.sum()),
         "size": [int(gt.shape[1]), int(gt.shape[0])],
@@ -362,7 +391,8 @@ def evaluate(
 
     if save_masks not in SAVE_MASKS:
         raise EvaluationError(f"save_masks must be None, 'png' or 'rle', got {save_masks!r}")
-    config = config or segmenter.config
+    if config is None and getattr(getattr(segmenter, "method", None), "name", "early-grounding") == "early-grounding":
+        config = segmenter.config
     records_path = Path(records_path)
     settings = run_settings(segmenter, dataset_or_samples, config, shard)
     samples = list(dataset_or_samples)
@@ -417,7 +447,7 @@ def evaluate(
 def _evaluate_image(
     segmenter: "Segmenter",
     group: list[ReferringSample],
-    config: MethodConfig,
+    config: MethodConfig | None,
     save_masks: str | None,
     mask_dir: Path,
     base: Path,
