@@ -57,7 +57,7 @@ def test_empty_mask_falls_back_to_heat_or_skips(sam):
 
 
 def test_refine_result_in_place(sam):
-    from editseg.methods.results_compat import SegmentationResult
+    from editseg.results import SegmentationResult
     from editseg.methods.sam_refine import refine_result
 
     coarse = np.zeros((40, 52), bool)

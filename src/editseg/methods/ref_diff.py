@@ -30,17 +30,18 @@ from ..components.sam import SamComponent
 from ..components.tiny import TINY_CLIP, TINY_SAM
 from ..errors import ConfigError, ExpressionError
 from ..probing.cross_attention import CrossAttentionRecorder
+from ..results import SegmentationResult
 from . import ref_diff_scores as eq
 from .ref_diff_config import RefDiffConfig
+from .base import Method, memory_guard
 from .ref_diff_text import direction_clue, root_word
-from .results_compat import SegmentationResult
 
 DEFAULT_COMPONENTS = {"unet": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sam": "facebook/sam-vit-huge",
                       "clip": "openai/clip-vit-base-patch16"}
 TINY_COMPONENTS = {"unet": TINY_SD15, "sam": TINY_SAM, "clip": TINY_CLIP}
 
 
-class RefDiff:
+class RefDiff(Method):
     """Ref-Diff: SD 1.5 cross-attention + SAM proposals + CLIP region scores."""
 
     name: ClassVar[str] = "ref-diff"
@@ -90,9 +91,13 @@ class RefDiff:
         unknown = set(options) - {"batch_size"}
         if unknown:
             raise ConfigError(f"Unknown Ref-Diff option(s): {', '.join(sorted(unknown))}.")
-        model = model or DEFAULT_COMPONENTS["unet"]
+        components = dict(components or {})
+        extra = sorted(set(components) - set(cls.requires))
+        if extra:
+            raise ConfigError(f"{cls.name} uses components {', '.join(cls.requires)} only; got {', '.join(extra)}.")
+        model = components.get("unet", model) or DEFAULT_COMPONENTS["unet"]
         defaults = TINY_COMPONENTS if model == TINY_SD15 else DEFAULT_COMPONENTS
-        chosen = {**defaults, **dict(components or {})}
+        chosen = {**defaults, **components}
         unet = StableDiffusion15.from_pretrained(model, device=device, dtype=dtype)
         sam = SamComponent.from_pretrained(chosen["sam"], device=unet.device) if config.uses_sam else None
         clip = ClipComponent.from_pretrained(chosen["clip"], device=unet.device) if config.uses_clip else None
@@ -109,13 +114,24 @@ class RefDiff:
         side = self.config.image_side or self.unet.image_side
         square, frame = self.unet.prepare_image(rgb, side)
         generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
-        latents = self.unet.encode_image(square, generator)
-        state = {"rgb": np.asarray(rgb), "frame": frame, "latents": latents, "generator_state": generator.get_state()}
-        if self.config.uses_sam:
-            self.sam.set_image(state["rgb"])
-            state["sam"] = self._sam_proposals()
+        with memory_guard(self.unet.device):
+            latents = self.unet.encode_image(square, generator)
+            state = {"rgb": np.asarray(rgb), "frame": frame, "latents": latents, "generator_state": generator.get_state()}
+            if self.config.uses_sam:
+                self.sam.set_image(state["rgb"])
+                state["sam"] = self._sam_proposals()
         state["seconds"] = time.perf_counter() - start
         self._image = state
+
+    @property
+    def model_name(self) -> str:
+        """The generative model's name (SAM and CLIP are in the result's config)."""
+        return self.unet.name
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(width, height) of the current image."""
+        return None if self._image is None else (self._image["frame"].width, self._image["frame"].height)
 
     def _sam_proposals(self) -> list[dict]:
         c = self.config
@@ -140,7 +156,8 @@ class RefDiff:
             raise ExpressionError("Ref-Diff needs non-empty expressions.")
         results = []
         for start in range(0, len(expressions), self.batch_size):
-            results.extend(self._predict_batch(expressions[start : start + self.batch_size]))
+            with memory_guard(self.unet.device):
+                results.extend(self._predict_batch(expressions[start : start + self.batch_size]))
         return results
 
     def token_selection(self, expression: str) -> tuple[list[int], list[str], str]:
