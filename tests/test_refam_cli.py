@@ -43,3 +43,22 @@ def test_eval_cli(tmp_path, capsys):
     records = [json.loads(line) for line in next(out.rglob("records*.jsonl")).read_text().splitlines()]
     samples = [r for r in records if "iou" in r]
     assert len(samples) == 2 and all(0 <= r["iou"] <= 1 for r in samples)
+
+
+def test_method_options(tmp_path, capsys):
+    from editseg.cli.main import parse_method_options
+
+    assert parse_method_options(["inversion=true", "timestep=700", "magnets=[\"with\"]", "parser=rules", "mask-choice=largest"]) == {
+        "inversion": True, "timestep": 700, "magnets": ("with",), "parser": "rules", "mask_choice": "largest"}
+    image = tmp_path / "image.png"
+    Image.fromarray((np.random.default_rng(1).random((32, 32, 3)) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "out"
+    code = main(["segment", str(image), "dog", "--method", "refam", "--model", "tiny-random-flux1", "--device", "cpu",
+                 "--method-option", "inversion=true", "--method-option", "inversion_gamma=0",
+                 "--method-option", "magnets=[\"with\"]", "--method-option", "color_magnets=[]", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads(next(out.rglob("*.json")).read_text())
+    assert record["instruction"] == "dog with" and record["settings"]["inversion"] is True
+    code = main(["segment", str(image), "dog", "--method", "refam", "--model", "tiny-random-flux1", "--device", "cpu",
+                 "--method-option", "magnet=pink", "--out", str(out)])
+    assert code != 0 and "Unknown RefAM option" in capsys.readouterr().err

@@ -24,6 +24,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"segmentation method (default: {DEFAULT_METHOD})")
     group.add_argument("--model", default=None, help=f"model name, hub id or local folder (default: the method's; {DEFAULT_MODEL} for {DEFAULT_METHOD})")
+    group.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE", help="a setting of a method other than early grounding, repeatable; VALUE is JSON where it parses (true, 750, 0.5, [\"a\"]), else text; e.g. --method refam --method-option inversion=true (RefAMConfig fields; Ref-Diff: RefDiffConfig fields or preset=...)")
     group.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     group.add_argument("--offload", default="none", choices=["none", "model", "sequential"], help="CPU offload: none; model (components move to the GPU in turn); sequential (layer by layer, least memory)")
@@ -122,6 +123,23 @@ def _config_from_args(args: argparse.Namespace):
     )
 
 
+def parse_method_options(items) -> dict:
+    """``["inversion=true", "timestep=750"]`` → ``{"inversion": True, "timestep": 750}`` (JSON values, else text)."""
+    import json
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--method-option takes KEY=VALUE, got {item!r}.")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        options[key.strip().replace("-", "_")] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return options
+
+
 def _segmenter_from_args(args: argparse.Namespace):
     import torch
 
@@ -133,8 +151,10 @@ def _segmenter_from_args(args: argparse.Namespace):
     config = _config_from_args(args)  # validate options before loading a big model
     dtype = getattr(torch, args.dtype) if args.dtype else None
     print(f"editseg: loading {args.model or 'the default model'} for {args.method} ...", file=sys.stderr)
-    options = {}
+    options = parse_method_options(getattr(args, "method_option", []))
     if args.method == DEFAULT_METHOD:  # the method options above are early grounding's
+        if options:
+            raise ConfigError("--method-option is for methods other than early-grounding (use its own flags).")
         options = {"config": config, "batch_size": args.batch_size, "max_side": args.max_side}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
