@@ -40,4 +40,5 @@ def test_eval_cli(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_samples"] == 2 and summary["settings"]["method"] == "ref-diff"
+    assert summary["settings"]["model"] == "tiny-random-sd15" and summary["settings"]["config"]["alpha"] == 0.1
     assert "editseg ref-diff" in (out / "table.md").read_text()

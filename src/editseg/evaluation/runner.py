@@ -179,7 +179,7 @@ def run_settings(
         method = segmenter.method
         method_config = getattr(method, "config", None)
         return {
-            "model": getattr(getattr(method, "backbone", None), "name", ""),
+            "model": getattr(method, "model_name", "") or getattr(getattr(method, "backbone", None), "name", ""),
             "method": method.name,
             "config": method_config.to_dict() if hasattr(method_config, "to_dict") else {},
             "max_side": segmenter.max_side,
