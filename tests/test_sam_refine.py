@@ -67,5 +67,48 @@ def test_refine_result_in_place(sam):
     expected, info = refine_with_sam(sam, coarse, ram)
     refine_result(sam, result)
     assert (result.mask == expected).all() and (result.maps["coarse"] == coarse).all()
-    assert result.config["tau"] == 0.8 and result.config["refine"]["chosen"] == info["chosen"]
+    assert result.config["tau"] == 0.8 and result.config["sam_refine"]["chosen"] == info["chosen"]
     assert result.box == mask_box(expected)
+
+
+def test_early_grounding_refine_sam(tiny_backbone, random_image):
+    from editseg.config import MethodConfig
+    from editseg.methods.early_grounding import EarlyGroundingMethod
+
+    sam = SamComponent.from_pretrained(TINY_SAM, device="cpu")
+    plain = EarlyGroundingMethod(tiny_backbone, MethodConfig())
+    refined = EarlyGroundingMethod(tiny_backbone, MethodConfig(refine="sam"))
+    refined.sam = sam
+    from PIL import Image
+
+    image = Image.fromarray(random_image)
+    plain.set_image(image)
+    refined.set_image(image)
+    (coarse,) = plain.predict(["the red circle"])
+    (result,) = refined.predict(["the red circle"])
+    expected, info = refine_with_sam(sam, coarse.mask, coarse.maps["ram"])
+    assert (result.mask == expected).all() and (result.maps["coarse"] == coarse.mask).all()
+    assert result.config["refine"] == "sam" and result.config["sam_refine"]["box"] == info["box"]
+    no_sam = EarlyGroundingMethod(tiny_backbone, MethodConfig(refine="sam"))
+    no_sam.set_image(image)
+    from editseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="SAM"):
+        no_sam.predict(["x"])
+
+
+def test_refine_sam_cli(tmp_path, random_image, capsys):
+    import json
+
+    from PIL import Image
+
+    from editseg.cli.main import main
+
+    path = tmp_path / "scene.png"
+    Image.fromarray(random_image).save(path)
+    code = main(["segment", str(path), "the red circle", "--model", "tiny-random-flux2", "--refine", "sam",
+                 "--sam-model", "tiny-random-sam", "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    [record_path] = (tmp_path / "o").glob("*.json")
+    settings = json.loads(record_path.read_text())["settings"]
+    assert settings["refine"] == "sam" and settings["sam_refine"]["refined"] is True

@@ -49,6 +49,8 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--template", default="remove", help=f"instruction template: {', '.join(INSTRUCTION_TEMPLATES)}, or a format string with {{expression}} (default: remove)")
     group.add_argument("--similarity", default="cosine", choices=SIMILARITIES, help="eq. 6 scoring: cosine (normalised prototypes, the paper's text) or dot (eq. 6 as typeset)")
     group.add_argument("--seed", type=int, default=0, help="seed of the first-step noise (default: 0)")
+    group.add_argument("--refine", default="none", choices=["none", "sam"], help="sam: sharpen each mask with SAM (box + RAM peak -> SAM); editseg's extension, not the paper's (default: none)")
+    group.add_argument("--sam-model", default=None, help="SAM for --refine sam and for methods using SAM: hub id, alias (sam-vit-base/large/huge), folder or tiny-random-sam (default: facebook/sam-vit-huge)")
     refine = parser.add_argument_group("MLLM instruction refinement (paper §3.2, A3)")
     refine.add_argument("--refine-instruction", action="store_true", help="let a Qwen2.5-VL rewrite 'remove <expression>' into a clear editing instruction (the backbone's own VLM when it has one; cached on disk)")
     refine.add_argument("--refiner-model", default=None, help="Qwen2.5-VL hub id or folder for --refine-instruction (default: the backbone's own, e.g. Step1X-Edit's / Qwen-Image-Edit's)")
@@ -120,6 +122,7 @@ def _config_from_args(args: argparse.Namespace):
         instruction_template=args.template,
         similarity=args.similarity,
         seed=args.seed,
+        refine=getattr(args, "refine", "none"),
     )
 
 
@@ -156,10 +159,14 @@ def _segmenter_from_args(args: argparse.Namespace):
         if options:
             raise ConfigError("--method-option is for methods other than early-grounding (use its own flags).")
         options = {"config": config, "batch_size": args.batch_size, "max_side": args.max_side}
+    sam_model = getattr(args, "sam_model", None)
+    components = {"sam": sam_model} if sam_model and (args.method != DEFAULT_METHOD or config.refine == "sam") else None
+    if config.refine == "sam" and args.method == DEFAULT_METHOD:
+        print(f"editseg: --refine sam loads SAM ({sam_model or 'facebook/sam-vit-huge'}) ...", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         segmenter = Segmenter.from_pretrained(
-            args.model, args.method, device=args.device, dtype=dtype, offload=args.offload,
+            args.model, args.method, device=args.device, dtype=dtype, offload=args.offload, components=components,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, **options,
         )  # fmt: skip
     backbone = getattr(segmenter.method, "backbone", None)

@@ -172,6 +172,7 @@ class EarlyGroundingMethod(Method):
         self.max_side = max_side
         self.layout_override = layout_override
         self.prompt_indices = prompt_indices
+        self.sam = None  # a SamComponent for config.refine == "sam" (editseg's extension)
         self.image: PreparedImage | None = None
         self.image_seconds = 0.0
         if backbone.is_random:
@@ -192,11 +193,17 @@ class EarlyGroundingMethod(Method):
         :func:`~editseg.backbones.load_backbone`. ``options``: ``config``, ``batch_size``,
         ``instruction_refiner``, ``max_side``. ``components`` may name the ``editing-dit`` only."""
         components = dict(components or {})
+        sam_model = components.pop("sam", None)  # only for --refine sam (our extension)
         extra = sorted(set(components) - set(cls.requires))
         if extra:
             raise ConfigError(f"{cls.name} uses components {', '.join(cls.requires)} only; got {', '.join(extra)}.")
         model = components.get("editing-dit", model) or TOY_SHAPES
-        return cls(load_backbone(model, device=device, dtype=dtype, offload=offload), **options)
+        method = cls(load_backbone(model, device=device, dtype=dtype, offload=offload), **options)
+        if method.config.refine == "sam" or sam_model is not None:
+            from ..components.sam import DEFAULT_SAM, SamComponent
+
+            method.sam = SamComponent.from_pretrained(sam_model or DEFAULT_SAM, device=method.backbone.device)
+        return method
 
     # -- image -----------------------------------------------------------------------------------
     def set_image(self, image: Image.Image) -> None:
@@ -204,6 +211,8 @@ class EarlyGroundingMethod(Method):
         start = time.perf_counter()
         if hasattr(self.instruction_refiner, "set_image"):  # an MLLM refiner looks at the image
             self.instruction_refiner.set_image(image)
+        if self.sam is not None:
+            self.sam.set_image(np.asarray(image.convert("RGB")))
         with memory_guard(self.backbone.device), torch.inference_mode():
             self.image = self.backbone.prepare_image(image, max_side=self.max_side)
         self.image_seconds = _elapsed(start, self.backbone.device)
@@ -366,7 +375,7 @@ class EarlyGroundingMethod(Method):
             "batch_size": float(len(probe.expressions)),
         }
         prompts = probe.text.prompts
-        return [
+        results = [
             SegmentationResult(
                 expression=expression,
                 mask=masks[i],
@@ -383,6 +392,14 @@ class EarlyGroundingMethod(Method):
             )
             for i, expression in enumerate(probe.expressions)
         ]
+        if config.refine == "sam":
+            if self.sam is None:
+                raise ConfigError("refine='sam' needs a SAM component: load with components={'sam': ...} or set method.sam.")
+            from .sam_refine import refine_result
+
+            for result in results:
+                refine_result(self.sam, result)
+        return results
 
     # -- internals --------------------------------------------------------------------------------
     def _require_image(self) -> PreparedImage:

@@ -97,14 +97,14 @@ def refine_with_sam(
 
 def refine_result(sam: SamComponent, result, settings: SamRefineSettings | None = None, heat_map: str = "ram"):
     """Refine a result in place with :func:`refine_with_sam`: ``result.mask`` becomes SAM's mask, the
-    coarse mask is kept as ``maps["coarse"]`` (0/1 float) and what was done as ``config["refine"]``.
+    coarse mask is kept as ``maps["coarse"]`` (0/1 float) and what was done as ``config["sam_refine"]``.
     The heat map is ``result.maps[heat_map]`` when present (early grounding's RAM)."""
     maps = getattr(result, "maps", None) or {}
     heat = maps.get(heat_map)
     refined, info = refine_with_sam(sam, result.mask, heat, settings)
     if hasattr(result, "maps"):
         result.maps = {**maps, "coarse": result.mask.astype(np.float32)}
-    result.config = {**(result.config or {}), "refine": {"method": "sam", "sam": getattr(sam, "name", ""), **info}}
+    result.config = {**(result.config or {}), "sam_refine": {"sam": getattr(sam, "name", ""), **info}}
     result.mask = refined
     if hasattr(result, "box") and refined.any():
         result.box = mask_box(refined)
