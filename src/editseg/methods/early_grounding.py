@@ -193,13 +193,15 @@ class EarlyGroundingMethod(Method):
         :func:`~editseg.backbones.load_backbone`. ``options``: ``config``, ``batch_size``,
         ``instruction_refiner``, ``max_side``. ``components`` may name the ``editing-dit`` only."""
         components = dict(components or {})
-        sam_model = components.pop("sam", None)  # only for --refine sam (our extension)
+        config = options.get("config") or MethodConfig()
+        sam_model = components.pop("sam", None) if config.refine == "sam" else None  # --refine sam (our extension)
         extra = sorted(set(components) - set(cls.requires))
         if extra:
-            raise ConfigError(f"{cls.name} uses components {', '.join(cls.requires)} only; got {', '.join(extra)}.")
+            hint = " (a 'sam' component is taken with MethodConfig(refine='sam'))" if "sam" in extra else ""
+            raise ConfigError(f"{cls.name} uses components {', '.join(cls.requires)} only; got {', '.join(extra)}.{hint}")
         model = components.get("editing-dit", model) or TOY_SHAPES
         method = cls(load_backbone(model, device=device, dtype=dtype, offload=offload), **options)
-        if method.config.refine == "sam" or sam_model is not None:
+        if method.config.refine == "sam":
             from ..components.sam import DEFAULT_SAM, SamComponent
 
             method.sam = SamComponent.from_pretrained(sam_model or DEFAULT_SAM, device=method.backbone.device)
