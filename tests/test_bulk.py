@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,9 @@ from editseg.data.shapes import ShapesWorld
 from editseg.masks import decode_rle, load_mask_png
 
 
-@pytest.fixture(scope="module")
-def toy():
-    from editseg import Segmenter
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Segmenter.from_pretrained()
+@pytest.fixture()
+def toy(toy_segmenter):
+    return toy_segmenter
 
 
 def _scenes(n: int, size: int = 64) -> list[np.ndarray]:
