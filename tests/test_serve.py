@@ -283,3 +283,84 @@ def test_two_replicas_answer_one_client(servers, toy_segmenter):
         assert np.array_equal(mask, _reference(toy_segmenter, request.example, request.expression))
     stats = [httpx.get(url + "/api/health").json()["stats"]["requests"] for url in servers]
     assert all(count >= 6 for count in stats), stats
+
+
+# -- the page in a real headless browser ------------------------------------------------------------
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1280,900")  # fmt: skip
+
+
+def _browser_paths() -> tuple[str, str]:
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs Chromium and chromedriver (apt-get install -y chromium chromium-driver; .ci/run does)")
+    return chromium, driver
+
+
+def test_page_in_headless_chromium(server, client, examples, tmp_path):
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_path = _browser_paths()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={tmp_path / 'profile'}",):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False})
+    image_file = tmp_path / "scene.png"
+    image_file.write_bytes(client.get(examples["shapes-1"]["url"]).content)
+    expression = examples["shapes-1"]["expressions"][0]
+
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+        wait = WebDriverWait(browser, 60)
+        browser.get(server + "/")
+        wait.until(lambda b: "toy-shapes" in b.find_element(By.ID, "model").text)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#examples button")) == 6)
+        browser.find_element(By.ID, "image-file").send_keys(str(image_file))
+        wait.until(lambda b: b.execute_script("const p = document.getElementById('preview'); return !p.hidden && p.naturalWidth > 0;"))
+        box = browser.find_element(By.ID, "expressions")
+        box.clear()
+        box.send_keys(expression)
+        browser.find_element(By.ID, "run").click()
+        wait.until(lambda b: b.execute_script(
+            "const i = document.querySelector('.result img.overlay'); return !!i && i.complete && i.naturalWidth === 64;"))  # fmt: skip
+        cards = browser.find_elements(By.CSS_SELECTOR, ".result")
+        assert len(cards) == 1 and expression in cards[0].text
+        assert len(cards[0].find_elements(By.CSS_SELECTOR, ".views img")) == 4  # overlay, CAM, RAM, mask
+        assert "result(s) in" in browser.find_element(By.ID, "status").text
+        cards[0].find_element(By.CSS_SELECTOR, "a.download-mask").click()
+        cards[0].find_element(By.CSS_SELECTOR, "a.download-json").click()
+        WebDriverWait(browser, 30).until(
+            lambda _: {p.suffix for p in downloads.iterdir() if not p.name.endswith(".crdownload")} >= {".png", ".json"})
+        # a bigger view for the README: a built-in scene with all its suggested expressions
+        browser.find_element(By.CSS_SELECTOR, "#examples button[data-example='shapes-1']").click()
+        browser.find_element(By.ID, "run").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".result img.overlay")) == 4)
+        wait.until(lambda b: b.execute_script("return [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0);"))
+        shot = tmp_path / "serve.png"
+        browser.save_screenshot(str(shot))
+    finally:
+        browser.quit()
+    mask_file = next(p for p in downloads.iterdir() if p.suffix == ".png")
+    assert mask_file.name.startswith("scene-00-")
+    answer = client.post("/api/segment", data={"example": "shapes-1", "expressions": expression}).json()
+    expected = decode_rle(answer["results"][0]["mask_rle"])
+    assert np.array_equal(np.asarray(Image.open(mask_file).convert("L")) > 0, expected)
+    import json
+
+    record = json.loads(next(p for p in downloads.iterdir() if p.suffix == ".json").read_text())
+    assert record["expression"] == expression and np.array_equal(decode_rle(record["mask_rle"]), expected)
+    assert Image.open(shot).size[0] >= 1000
+    if os.environ.get("EDITSEG_WRITE_SCREENSHOT"):  # refresh the README picture
+        (REPO / "docs" / "images" / "serve.png").write_bytes(shot.read_bytes())
