@@ -165,3 +165,47 @@ def test_segment_video_smoothing_outputs_and_limits(toy, clip, tmp_path):
     limited = segment_video(toy, clip, ["the star"], tmp_path / "lim", fps=5, max_frames=3, mask_video=False,
                             overlay_video=False, progress=False)  # fmt: skip
     assert limited["frames"] == 3 and limited["fps"] == pytest.approx(5)
+
+
+def test_segment_folder_cli_resumes_after_a_kill(toy, tmp_path):
+    """`editseg segment FOLDER EXPR` killed mid-run (SIGKILL), then resumed: every record once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from editseg.bulk.folder import collect_jobs, read_records, segment_folder
+
+    images = tmp_path / "in"
+    images.mkdir()
+    for i, scene in enumerate(_scenes(40)):
+        Image.fromarray(scene).save(images / f"s{i:02d}.png")
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo / "src")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "editseg.cli", "segment", str(images), "the star", "the circle", "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    records_path = out / "records.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if records_path.is_file() and records_path.read_bytes().count(b"\n") >= 5:  # header + 2 images
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _, before = read_records(records_path, repair=True)  # cuts a line the kill may have cut short
+    assert 4 <= len(before) < 80
+    kept = records_path.read_bytes()
+    jobs = collect_jobs(str(images), ["the star", "the circle"])
+    counts = segment_folder(toy, jobs, out, progress=False)
+    assert counts["done_before"] == len(before) and counts["done_now"] == 80 - len(before)
+    assert records_path.read_bytes().startswith(kept)  # appended, not rewritten
+    _, records = read_records(records_path)
+    assert sorted(r["id"] for r in records) == sorted(i for j in jobs for i, _ in j.items)
+    for record in records:
+        assert np.array_equal(load_mask_png(out / record["mask_file"]), decode_rle(record["mask_rle"]))
+    assert not list((out / "masks").glob(".partial-*"))
