@@ -209,3 +209,15 @@ def test_segment_folder_cli_resumes_after_a_kill(toy, tmp_path):
     for record in records:
         assert np.array_equal(load_mask_png(out / record["mask_file"]), decode_rle(record["mask_rle"]))
     assert not list((out / "masks").glob(".partial-*"))
+
+
+def test_cli_video_and_folder_errors_come_before_loading(tmp_path, capsys):
+    from editseg.cli.main import main
+
+    assert main(["video", str(tmp_path / "missing.mp4"), "the star"]) == 2
+    assert "Video not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", str(tmp_path / "empty"), "the star"]) == 2
+    assert "No image files" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "one.png")]) == 2
+    assert "expressions" in capsys.readouterr().err
