@@ -40,7 +40,7 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
         [sys.executable, "-m", "editseg.cli", "serve", "--port", str(port), "--log-level", "warning", *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:

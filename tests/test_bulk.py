@@ -221,3 +221,30 @@ def test_cli_video_and_folder_errors_come_before_loading(tmp_path, capsys):
     assert "No image files" in capsys.readouterr().err
     assert main(["segment", str(tmp_path / "one.png")]) == 2
     assert "expressions" in capsys.readouterr().err
+
+
+def test_video_encodes_the_text_once(toy, clip, tmp_path):
+    from editseg.bulk.video import segment_video, text_encoded_once
+
+    backbone = toy.backbone
+    assert backbone.text_sees_image is False
+    calls = []
+    original = backbone.encode_text
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    backbone.encode_text = counting
+    try:
+        segment_video(toy, clip, ["the star", "the circle"], tmp_path, max_frames=4, mask_video=False, overlay_video=False, progress=False)
+    finally:
+        del backbone.encode_text
+    assert calls == [["the star", "the circle"]]  # 4 frames, one encoding
+    with text_encoded_once(toy) as cache:
+        toy.set_image(Image.fromarray(_scenes(1)[0]))
+        cached = toy.predict(["the star"])[0]
+        again = toy.predict(["the star"])[0]
+        assert len(cache) == 1
+    assert "encode_text" not in vars(backbone)  # restored
+    assert np.array_equal(cached.mask, again.mask) and np.array_equal(cached.mask, toy.predict(["the star"])[0].mask)

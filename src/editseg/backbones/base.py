@@ -44,6 +44,7 @@ class Backbone(ABC):
     num_single_blocks: int
     is_random: bool = False  # True for randomly initialised models (output is meaningless)
     default_max_side: int | None = None  # longer-side cap applied before the model's own resize rule
+    text_sees_image: bool = True  # False where encode_text ignores the image, so an encoding can serve many images
 
     @property
     def num_blocks(self) -> int:

@@ -104,6 +104,8 @@ class Flux2KleinBackbone(Backbone):
     (``editseg.backbones.tiny``); the code path is the same.
     """
 
+    text_sees_image = False  # the text encoder reads the instruction only
+
     def __init__(
         self,
         pipeline,

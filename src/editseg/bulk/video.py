@@ -3,6 +3,12 @@
 Frames are decoded and encoded with PyAV (FFmpeg's libraries, bundled in its wheels; ``pip install
 'editseg[video]'``). Each kept frame is one ``set_image`` + one ``predict`` of all expressions.
 
+**Text encoded once.** Where the backbone's text encoder does not look at the image
+(``Backbone.text_sees_image`` is False: FLUX.2 [klein], FLUX.1 Kontext), each expression batch is
+encoded on the first frame and the encoding reused for every later frame
+(:func:`text_encoded_once`); VLM text encoders (Qwen-Image-Edit, Step1X-Edit) see each frame, so
+there it is encoded per frame.
+
 Limits: ``fps`` keeps at most that many frames per second of video (frames are picked by their
 timestamps; the outputs play at the reduced rate), ``max_frames`` stops after that many kept
 frames (with a warning), ``max_pixels`` refuses frames above that size.
@@ -25,6 +31,7 @@ import json
 import re
 import warnings
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -153,6 +160,35 @@ class VideoWriter:
         self.container.close()
 
 
+@contextmanager
+def text_encoded_once(segmenter: Any) -> Iterator[dict]:
+    """Within the block, the segmenter's backbone encodes each distinct (expressions, instructions)
+    batch once and reuses it for every image, where its text encoder ignores the image. Yields the
+    cache (empty and unused otherwise)."""
+    cache: dict = {}
+    backbone = getattr(segmenter, "backbone", None)
+    if backbone is None or getattr(backbone, "text_sees_image", True):
+        yield cache
+        return
+    encode = backbone.encode_text
+    shadowed = vars(backbone).get("encode_text")  # an instance-level wrapper already there, if any
+
+    def encode_once(expressions, instructions, image=None, **options):
+        key = (tuple(expressions), tuple(instructions), tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = encode(expressions, instructions, image=image, **options)
+        return cache[key]
+
+    backbone.encode_text = encode_once  # an instance attribute: shadows the method for this block only
+    try:
+        yield cache
+    finally:
+        if shadowed is None:
+            del backbone.encode_text
+        else:
+            backbone.encode_text = shadowed
+
+
 def smooth_window(masks: Sequence[np.ndarray]) -> np.ndarray:
     """Per-pixel majority vote (ties are foreground) of a window of bool masks."""
     return np.mean(np.stack([np.asarray(m, dtype=bool) for m in masks]), axis=0) >= 0.5
@@ -228,15 +264,16 @@ def segment_video(
                     first_kept += 1
 
         try:
-            for frame in read_frames(path, fps=fps, max_frames=max_frames, max_pixels=max_pixels):
-                segmenter.set_image(frame.image)
-                results = segmenter.predict(list(expressions), config)
-                history.append([np.asarray(r.mask, dtype=bool) for r in results])
-                pending.append(frame)
-                decoded += 1
-                bar.update(1)
-                flush(final=False)
-            flush(final=True)
+            with text_encoded_once(segmenter):
+                for frame in read_frames(path, fps=fps, max_frames=max_frames, max_pixels=max_pixels):
+                    segmenter.set_image(frame.image)
+                    results = segmenter.predict(list(expressions), config)
+                    history.append([np.asarray(r.mask, dtype=bool) for r in results])
+                    pending.append(frame)
+                    decoded += 1
+                    bar.update(1)
+                    flush(final=False)
+                flush(final=True)
         finally:
             for writer in writers.values():
                 writer.close()
