@@ -165,12 +165,18 @@ def read_records(path: Path, repair: bool = False) -> tuple[dict | None, list[di
 
 
 def run_settings(segmenter: Any, config: Any = None) -> dict[str, Any]:
-    """What a records file is tied to: model, method settings, input size."""
-    config = config or segmenter.config
-    backbone = getattr(segmenter, "backbone", None)
+    """What a records file is tied to: method, model, method settings, input size."""
+    method = getattr(segmenter, "method", None)
+    if config is None:
+        try:
+            config = segmenter.config
+        except (EditsegError, AttributeError):  # methods without early grounding's settings
+            config = None
+    backbone = getattr(method, "backbone", None) if method is not None else getattr(segmenter, "backbone", None)
     return {
-        "model": getattr(backbone, "name", ""),
-        "config": config.to_dict(),
+        "method": str(getattr(method, "name", "early-grounding")),
+        "model": str(getattr(backbone, "name", "") or getattr(method, "model", "")),
+        "config": config.to_dict() if config is not None else None,
         "max_side": getattr(segmenter, "max_side", None),
     }
 

@@ -79,6 +79,7 @@ class ImageInfo(BaseModel):
 class SegmentResponse(BaseModel):
     request_id: Optional[str] = None
     model: str
+    method: str
     image: ImageInfo
     results: list[ExpressionResult]
     timings: dict[str, float]
@@ -131,21 +132,38 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+def _backbone(segmenter: Any) -> Any:
+    method = getattr(segmenter, "method", None)
+    return getattr(method, "backbone", None) if method is not None else getattr(segmenter, "backbone", None)
+
+
+def _method_name(segmenter: Any) -> str:
+    return str(getattr(getattr(segmenter, "method", None), "name", "early-grounding"))
+
+
 def _model_name(segmenter: Any) -> str:
-    return str(getattr(getattr(segmenter, "backbone", None), "name", "") or getattr(segmenter, "model", "") or "model")
+    return str(getattr(_backbone(segmenter), "name", "") or getattr(getattr(segmenter, "method", None), "model", "") or "model")
 
 
 def _device(segmenter: Any) -> str:
-    return str(getattr(getattr(segmenter, "backbone", None), "device", "") or "")
+    return str(getattr(_backbone(segmenter), "device", "") or "")
+
+
+def base_config(segmenter: Any) -> MethodConfig | None:
+    """The segmenter's early-grounding settings; ``None`` for methods without them."""
+    try:
+        return segmenter.config
+    except (EditsegError, AttributeError):
+        return None
 
 
 def create_app(segmenter: Any, limits: ServeLimits | None = None, *, engine: BatchingEngine | None = None) -> FastAPI:
     """The app around a loaded ``Segmenter``; its worker thread starts and stops with the app."""
     limits = limits or ServeLimits()
     engine = engine or BatchingEngine(segmenter, limits)
-    model = _model_name(segmenter)
+    model, method = _model_name(segmenter), _method_name(segmenter)
     examples = load_examples(example_size_for(model))
-    base_config: MethodConfig = getattr(segmenter, "config", None) or MethodConfig()
+    defaults = base_config(segmenter)
 
     async def lifespan(_: FastAPI):
         engine.start()
@@ -157,7 +175,7 @@ def create_app(segmenter: Any, limits: ServeLimits | None = None, *, engine: Bat
         version=__version__,
         summary="Referring segmentation from the grounding inside an image-editing model.",
         description=(
-            f"Model: {model}. POST an image and one expression per line to /api/segment; masks come back as "
+            f"Model: {model}, method: {method}. POST an image and one expression per line to /api/segment; masks come back as "
             "COCO RLE and, on request, PNGs. Limits: " + ", ".join(f"{k}={v}" for k, v in limits.to_dict().items())
         ),
         docs_url=None,  # the default /docs loads Swagger UI from a CDN; ours works offline
@@ -197,13 +215,14 @@ def create_app(segmenter: Any, limits: ServeLimits | None = None, *, engine: Bat
         return {
             "status": "ok",
             "model": model,
+            "method": method,
             "device": _device(segmenter),
             "version": __version__,
             "pid": os.getpid(),
             "queue": {"pending": engine.pending, "capacity": limits.queue_size},
             "limits": limits.to_dict(),
             "stats": dict(engine.stats),
-            "settings": base_config.to_dict(),
+            "settings": defaults.to_dict() if defaults is not None else {},
         }
 
     @app.get("/api/examples", summary="Built-in example scenes (shapes world) with suggested expressions")
@@ -249,7 +268,7 @@ def create_app(segmenter: Any, limits: ServeLimits | None = None, *, engine: Bat
             wanted = parse_outputs(outputs)
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
-        config = _config(base_config, mode, tau, map_threshold, attention_blocks, prompt_tokens, template, similarity, seed)
+        config = _config(defaults, method, mode, tau, map_threshold, attention_blocks, prompt_tokens, template, similarity, seed)
         if timeout_s is not None and not timeout_s > 0:
             raise HTTPException(422, "timeout_s must be positive.")
         if (image is None) == (example is None):
@@ -274,6 +293,7 @@ def create_app(segmenter: Any, limits: ServeLimits | None = None, *, engine: Bat
         body = {
             "request_id": request_id if request_id is not None else x_request_id,
             "model": model,
+            "method": method,
             "image": {"width": pil.width, "height": pil.height, **info},
             "results": entries,
             "timings": {
@@ -302,7 +322,12 @@ def _expressions(text: str, limits: ServeLimits) -> list[str]:
     return lines
 
 
-def _config(base: MethodConfig, mode, tau, map_threshold, blocks, prompt_tokens, template, similarity, seed) -> MethodConfig:
+def _config(base: MethodConfig | None, method: str, mode, tau, map_threshold, blocks, prompt_tokens, template, similarity, seed) -> MethodConfig | None:
+    given = [mode, tau, map_threshold, blocks, prompt_tokens, template, similarity, seed]
+    if base is None:
+        if any(v is not None for v in given):
+            raise HTTPException(422, f"The settings switches belong to the early-grounding method; this server runs {method}.")
+        return None
     if template is not None and template not in INSTRUCTION_TEMPLATES:
         raise HTTPException(422, f"template must be one of {', '.join(INSTRUCTION_TEMPLATES)} over HTTP; got {template!r}.")
     changes = {

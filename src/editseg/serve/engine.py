@@ -51,7 +51,7 @@ class Job:
     image: Image.Image
     image_key: str
     expressions: list[str]
-    config: MethodConfig
+    config: MethodConfig | None  # None: the method's own settings
     deadline: float
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
@@ -112,7 +112,7 @@ class BatchingEngine:
 
     # -- requests ---------------------------------------------------------------------------------
     def submit(
-        self, image: Image.Image, image_key: str, expressions: Sequence[str], config: MethodConfig,
+        self, image: Image.Image, image_key: str, expressions: Sequence[str], config: MethodConfig | None,
         timeout_s: float | None = None,
     ) -> Job:  # fmt: skip
         """Queue a request; its ``future`` resolves to ``(results, BatchInfo)``.
@@ -180,7 +180,7 @@ class BatchingEngine:
                 for job in jobs:
                     outcomes[id(job)] = error
                 continue
-            by_config: OrderedDict[MethodConfig, list[Job]] = OrderedDict()
+            by_config: OrderedDict[MethodConfig | None, list[Job]] = OrderedDict()
             for job in jobs:
                 by_config.setdefault(job.config, []).append(job)
             for config, group in by_config.items():
@@ -202,7 +202,7 @@ class BatchingEngine:
                 except InvalidStateError:  # cancelled by its caller meanwhile
                     pass
 
-    def _predict_group(self, group: list[Job], config: MethodConfig) -> dict[int, Any]:
+    def _predict_group(self, group: list[Job], config: MethodConfig | None) -> dict[int, Any]:
         """Results per job for jobs sharing image and settings; one ``predict`` for all of them."""
         unique = list(OrderedDict.fromkeys(e for job in group for e in job.expressions))
         try:

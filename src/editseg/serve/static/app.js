@@ -1,7 +1,7 @@
 // editseg page: pick or upload an image, send expressions to /api/segment, show and offer results.
 "use strict";
 const $ = (sel) => document.querySelector(sel);
-const state = { example: null, file: null, imageName: "image" };
+const state = { example: null, file: null, imageName: "image", switches: true };
 
 function setStatus(text, isError) {
   const el = $("#status");
@@ -19,7 +19,9 @@ function showPreview(url) {
 async function loadHealth() {
   try {
     const health = await (await fetch("/api/health")).json();
-    $("#model").textContent = `model: ${health.model}` + (health.device ? ` on ${health.device}` : "");
+    $("#model").textContent = `model: ${health.model}, method: ${health.method}` + (health.device ? ` on ${health.device}` : "");
+    state.switches = health.method === "early-grounding";
+    $("#switches").hidden = !state.switches;
     const s = health.settings || {};
     for (const name of ["mode", "tau", "map_threshold", "prompt_tokens", "seed"]) {
       const field = $(`#form [name=${name}]`);
@@ -111,7 +113,7 @@ $("#form").addEventListener("submit", async (event) => {
   if (state.file) body.append("image", state.file); else body.append("example", state.example);
   body.append("expressions", expressions);
   body.append("outputs", "rle,mask_png,overlay_png,heatmaps_png");
-  for (const field of document.querySelectorAll("#switches [name]")) body.append(field.name, field.value);
+  if (state.switches) for (const field of document.querySelectorAll("#switches [name]")) body.append(field.name, field.value);
   $("#run").disabled = true;
   setStatus("segmenting…");
   const started = performance.now();
