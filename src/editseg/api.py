@@ -22,7 +22,7 @@ import torch
 from .backbones import TOY_SHAPES, Backbone, PreparedImage, load_backbone
 from .config import MethodConfig
 from .errors import ConfigError, ExpressionError, OutOfMemoryError, out_of_memory_message
-from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_max_pixels, validate_max_side
 from .methods.early_grounding import ground, masks_at_input
 from .probes import ProbePlan
 from .text import make_instruction, normalize_expression
@@ -71,15 +71,19 @@ class Segmenter:
         instruction_refiner: Callable[[str], str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_side: int | None = None,
+        reduce_oversize: bool = False,
     ):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size!r}.")
+        max_pixels = validate_max_pixels(max_pixels)
+        max_side = validate_max_side(max_side)
         self.backbone = backbone
         self.config = config or MethodConfig()
         self.batch_size = batch_size
         self.instruction_refiner = instruction_refiner
         self.max_pixels = max_pixels
         self.max_side = max_side
+        self.reduce_oversize = reduce_oversize
         self._image: PreparedImage | None = None
         self._image_seconds = 0.0
         if backbone.is_random:
@@ -102,7 +106,7 @@ class Segmenter:
     def set_image(self, image: ImageInput) -> None:
         """Load, pre-process and encode ``image``; later :meth:`predict` calls reuse it."""
         start = time.perf_counter()
-        rgb = load_image(image, max_pixels=self.max_pixels)
+        rgb = load_image(image, max_pixels=self.max_pixels, reduce_oversize=self.reduce_oversize)
         with self._memory_guard(), torch.inference_mode():
             self._image = self.backbone.prepare_image(rgb, max_side=self.max_side)
         self._image_seconds = _elapsed(start, self.backbone.device)

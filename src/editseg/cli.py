@@ -26,7 +26,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     group.add_argument("--offload", default="none", choices=["none", "model", "sequential"], help="CPU offload: none; model (components move to the GPU in turn); sequential (layer by layer, least memory)")
     group.add_argument("--batch-size", type=int, default=8, help="expressions per transformer forward (default: 8)")
-    group.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this (default: 178,956,970)")
+    group.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this (default: 50,000,000)")
     group.add_argument("--max-side", type=int, default=None, help="shrink the input so its longer side is at most this many pixels before the model's own resize rule (masks stay at input resolution; default: none, 128 for tiny-random-flux2)")
 
 
@@ -99,9 +99,19 @@ def _command_modules():
     return modules
 
 
+def _max_pixels(args: argparse.Namespace) -> int:
+    from .images import DEFAULT_MAX_PIXELS, validate_max_pixels
+
+    value = getattr(args, "max_pixels", None)
+    return validate_max_pixels(DEFAULT_MAX_PIXELS if value is None else value)
+
+
 def _config_from_args(args: argparse.Namespace):
     from .config import MethodConfig, parse_block_selection
+    from .images import validate_max_side
 
+    _max_pixels(args)  # input-size options are checked with the method options, before any loading
+    validate_max_side(getattr(args, "max_side", None))
     return MethodConfig(
         mode=args.mode,
         attention_blocks=parse_block_selection(args.attention_blocks),
@@ -121,7 +131,6 @@ def _segmenter_from_args(args: argparse.Namespace):
 
     from .api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
     from .backbones import TOY_SHAPES, load_backbone
-    from .images import DEFAULT_MAX_PIXELS
 
     config = _config_from_args(args)  # validate options before loading a big model
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -136,18 +145,19 @@ def _segmenter_from_args(args: argparse.Namespace):
         warnings.simplefilter("ignore")
         return Segmenter(
             backbone, config=config, batch_size=args.batch_size,
-            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_side=args.max_side,
+            max_pixels=_max_pixels(args), max_side=args.max_side,
         )
 
 
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .images import DEFAULT_MAX_PIXELS, load_image
+    from .images import load_image
     from .text import normalize_expression
     from .writers import slug, write_result
 
-    image = load_image(args.image, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)  # fail fast, before loading
+    _config_from_args(args)  # option errors first
+    image = load_image(args.image, max_pixels=_max_pixels(args))  # fail fast, before loading
     for expression in args.expressions:
         normalize_expression(expression)
     segmenter = _segmenter_from_args(args)

@@ -35,7 +35,7 @@ from PIL import Image
 from ..errors import ExpressionError, ImageLoadError
 from ..geometry import ImageGeometry
 from ..probes import ProbePlan, ProbeRecorder, TokenLayout
-from ..text import align_prompt
+from ..text import align_prompt, count_tokens
 from .base import Backbone, EncodedText, PreparedImage
 from .processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 
@@ -212,7 +212,7 @@ class FluxKontextBackbone(Backbone):
         pipe = self.pipeline
         tokenizer = pipe.tokenizer_2
         texts = list(instructions)
-        full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        full_lengths = count_tokens(tokenizer, texts)  # quietly: the clean error below says it all
         for expression, length in zip(expressions, full_lengths):
             if length > MAX_SEQUENCE_LENGTH:
                 raise ExpressionError(

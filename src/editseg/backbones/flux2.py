@@ -26,7 +26,7 @@ from PIL import Image
 from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
 from ..probes import ProbePlan, ProbeRecorder, TokenLayout
-from ..text import align_prompt
+from ..text import align_prompt, count_tokens
 from .base import Backbone, EncodedText, PreparedImage
 from .processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 
@@ -197,7 +197,7 @@ class Flux2KleinBackbone(Backbone):
         pipe = self.pipeline
         tokenizer = pipe.tokenizer
         texts = [self.chat_text(instruction) for instruction in instructions]
-        full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        full_lengths = count_tokens(tokenizer, texts)  # quietly: the clean error below says it all
         for expression, length in zip(expressions, full_lengths):
             if length > self.max_sequence_length:
                 raise ExpressionError(

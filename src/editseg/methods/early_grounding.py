@@ -89,8 +89,12 @@ def ground(
 
 
 def masks_at_input(maps: GroundingMaps, geometry: ImageGeometry, config: MethodConfig) -> torch.Tensor:
-    """Binary masks (batch, H, W) at the input resolution for the configured mode."""
+    """Binary masks (batch, H, W) at the input resolution for the configured mode.
+
+    Upsampled one map at a time, so the float temporary is one (H, W) map, not a batch of them.
+    """
     if config.mode == "full":
-        return geometry.to_input(maps.score) > 0
-    chosen = maps.cam if config.mode == "cam" else maps.ram
-    return geometry.to_input(chosen) > config.map_threshold
+        chosen, threshold = maps.score, 0.0
+    else:
+        chosen, threshold = (maps.cam if config.mode == "cam" else maps.ram), config.map_threshold
+    return torch.cat([geometry.to_input(chosen[i : i + 1]) > threshold for i in range(chosen.shape[0])])
