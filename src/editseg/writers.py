@@ -1,10 +1,25 @@
-"""Writing one expression's result: mask, overlay, CAM/RAM heatmaps and a JSON record."""
+"""Writing one expression's result: mask, overlay, CAM/RAM heatmaps and a JSON record.
+
+Each expression's files are written to temporary names and then renamed into place, the JSON
+record last, with Ctrl-C held back during the renames: an interrupted run leaves, per
+expression, either every file or none (a ``.json`` always has its PNGs).
+
+**JSON record.** ``width`` and ``height`` are the input image's size in pixels (what the mask
+covers). ``mask_rle`` is a COCO run-length encoding exactly as ``pycocotools.mask.encode`` gives it,
+so its ``size`` is ``[height, width]`` (COCO's order, column-major counts); decode it with
+``pycocotools.mask.decode`` or :func:`editseg.masks.decode_rle`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -29,9 +44,10 @@ def result_record(result: SegmentationResult, image_path: str | None = None) -> 
         "settings": result.config,
         "prompt_tokens": result.prompt_tokens,
         "prompt_token_indices": result.prompt_token_indices,
-        "mask_rle": encode_rle(result.mask),
+        "width": int(result.mask.shape[1]),
+        "height": int(result.mask.shape[0]),
+        "mask_rle": encode_rle(result.mask),  # COCO RLE: its "size" is [height, width]
         "mask_area": result.area,
-        "size": [int(result.mask.shape[1]), int(result.mask.shape[0])],
         "timings": result.timings,
     }
 
@@ -39,15 +55,39 @@ def result_record(result: SegmentationResult, image_path: str | None = None) -> 
 def write_result(
     result: SegmentationResult, image: Image.Image, out_dir: Path, stem: str, image_path: str | None = None
 ) -> dict[str, Path]:
-    """Write ``<stem>.mask.png``, ``.overlay.png``, ``.cam.png``, ``.ram.png`` and ``.json``."""
+    """Write ``<stem>.mask.png``, ``.overlay.png``, ``.cam.png``, ``.ram.png`` and ``.json``, all or none."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"{stem}.{kind}.png" for kind in ("mask", "overlay", "cam", "ram")}
     paths["json"] = out_dir / f"{stem}.json"
-    save_mask_png(result.mask, paths["mask"])
-    overlay(image, result.mask).save(paths["overlay"])
-    heatmap(result.cam).save(paths["cam"])
-    heatmap(result.ram).save(paths["ram"])
-    record = result_record(result, image_path)
-    record["files"] = {kind: path.name for kind, path in paths.items() if kind != "json"}
-    paths["json"].write_text(json.dumps(record, indent=2))
+    temporary = {kind: path.with_name(f".{path.name}.{os.getpid()}.tmp") for kind, path in paths.items()}
+    try:
+        save_mask_png(result.mask, temporary["mask"])
+        overlay(image, result.mask).save(temporary["overlay"], format="PNG")
+        heatmap(result.cam).save(temporary["cam"], format="PNG")
+        heatmap(result.ram).save(temporary["ram"], format="PNG")
+        record = result_record(result, image_path)
+        record["files"] = {kind: path.name for kind, path in paths.items() if kind != "json"}
+        temporary["json"].write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+        with deferred_interrupt():
+            for kind in ("mask", "overlay", "cam", "ram", "json"):  # the record last: it vouches for the rest
+                os.replace(temporary[kind], paths[kind])
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
     return paths
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) inside the block and deliver it as KeyboardInterrupt right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
