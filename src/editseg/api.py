@@ -129,10 +129,42 @@ class Segmenter:
             return refined
         return make_instruction(expression, config.instruction_template)
 
+    def expression_problems(self, expressions: Sequence[str], config: MethodConfig | None = None) -> dict[str, str]:
+        """Why each unusable expression would fail, without running the model: ``{expression: message}``.
+
+        Checks what :meth:`predict` would refuse: not a string, empty, no words (symbols, emoji),
+        stop words only, and, where the backbone can count tokens from its tokenizer alone, an
+        instruction over the text encoder's limit. Cheap enough for every sample of a dataset.
+        """
+        config = config or self.config
+        problems: dict[str, str] = {}
+        usable: dict[str, str] = {}
+        for expression in dict.fromkeys(expressions):
+            try:
+                cleaned = normalize_expression(expression)
+                usable[expression] = self.instruction_for(cleaned, config)
+            except ExpressionError as error:
+                problems[expression] = str(error)
+        counted = self.backbone.text_token_counts(list(usable.values())) if usable else None
+        if counted is not None:
+            counts, limit = counted
+            for (expression, _), count in zip(usable.items(), counts):
+                if count > limit:
+                    problems[expression] = (
+                        f"Expression too long: its instruction needs {count} text tokens, "
+                        f"{self.backbone.name} reads at most {limit}."
+                    )
+        return problems
+
     def predict(
         self, expressions: str | Sequence[str], config: MethodConfig | None = None
     ) -> list[SegmentationResult]:
-        """Segment each expression in the current image (see :meth:`set_image`)."""
+        """Segment each expression in the current image (see :meth:`set_image`).
+
+        Always returns a list, one result per expression in order; a single string counts as a
+        list of one (``predict("the dog")[0]``), so batch code never has to branch. :meth:`segment`
+        is the one-shot convenience that mirrors its input instead: a string gives one result.
+        """
         return self.predict_sweep(expressions, [config or self.config])[0]
 
     def predict_sweep(

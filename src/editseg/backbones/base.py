@@ -89,6 +89,12 @@ class Backbone(ABC):
 
         ``image`` is the prepared image, for text encoders that see it (Qwen2.5-VL); others ignore it."""
 
+    def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int] | None:
+        """``(tokens each instruction needs, the most the model reads)``, from the tokenizer alone
+        (no encoder forward), or ``None`` where a backbone cannot tell before encoding. Lets whole
+        datasets be checked for too-long expressions before the first forward."""
+        return None
+
     @abstractmethod
     def probe_forward(
         self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28

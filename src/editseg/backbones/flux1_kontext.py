@@ -204,6 +204,10 @@ class FluxKontextBackbone(Backbone):
         return fit_to_area(width, height, width * height, self.patch)
 
     # -- text ----------------------------------------------------------------------------------
+    def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int]:
+        """T5 tokens of each instruction, and the 512 the pipeline reads."""
+        return count_tokens(self.pipeline.tokenizer_2, list(instructions)), MAX_SEQUENCE_LENGTH
+
     def encode_text(
         self, expressions: Sequence[str], instructions: Sequence[str], image: PreparedImage | None = None
     ) -> EncodedText:

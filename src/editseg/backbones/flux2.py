@@ -185,6 +185,11 @@ class Flux2KleinBackbone(Backbone):
             enable_thinking=False,
         )
 
+    def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int]:
+        """Tokens of each chat-templated instruction, and :attr:`max_sequence_length`."""
+        texts = [self.chat_text(instruction) for instruction in instructions]
+        return count_tokens(self.pipeline.tokenizer, texts), self.max_sequence_length
+
     def encode_text(
         self,
         expressions: Sequence[str],

@@ -77,6 +77,7 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--save-masks", default=None, choices=["png", "rle"], help="also keep predicted masks: PNG files in <out>/masks or COCO RLE inside the records")
     run.add_argument("--gallery", type=int, default=0, metavar="K", help="write gallery.png with the K best and K worst samples (re-segments those 2K)")
+    run.add_argument("--invalid", default="record", choices=["record", "refuse"], help="samples the model cannot take (no words, stop words only, over its token limit, unreadable image): record them as failed, IoU 0, counted and listed in the summary, and go on (default); or refuse: check every sample first and stop before any forward, listing them")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_options(parser)
     _add_method_options(parser)
@@ -292,10 +293,12 @@ def _eval(args: argparse.Namespace) -> int:
         records_path,
         {"config": settings, "max_side": args.max_side, **dataset_info(dataset), "shard": shard_label(args.shard)},
     )
+    if args.invalid == "refuse":  # what can be judged without the model's tokenizer, before loading it
+        _refuse_unusable_expressions(selection, records_path)
     segmenter = _segmenter_from_args(args)
     summary = evaluate(
         segmenter, dataset, records_path, limit=args.limit, ids=ids, shard=args.shard,
-        save_masks=args.save_masks, progress=not args.no_progress,
+        save_masks=args.save_masks, progress=not args.no_progress, invalid=args.invalid,
     )  # fmt: skip
     _print_summary(summary, records_path)
     if args.gallery:
@@ -310,6 +313,23 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_unusable_expressions(selection: list[ReferringSample], records_path: Path) -> None:
+    from ..errors import ExpressionError
+    from ..text import normalize_expression
+    from .runner import read_records, refusal_message
+
+    done = {r["id"] for r in read_records(records_path)[1]}
+    pending = [s for s in selection if s.sample_id not in done]
+    rejected = []
+    for sample in pending:
+        try:
+            normalize_expression(sample.expression)
+        except ExpressionError as error:
+            rejected.append((sample, str(error)))
+    if rejected:
+        raise EvaluationError(refusal_message(rejected, len(pending)))
+
+
 def _print_summary(summary: dict[str, Any], where: Path) -> None:
     m = summary["metrics"]
 
@@ -321,6 +341,13 @@ def _print_summary(summary: dict[str, Any], where: Path) -> None:
         f"{dataset} {split}: {summary['num_samples']} samples  oIoU {pct('oIoU')}  mIoU {pct('mIoU')}  "
         f"Pr@0.5 {pct('Pr@0.5')}  Pr@0.9 {pct('Pr@0.9')}  point acc. {pct('point_accuracy')}"
     )
+    failed = summary.get("failed") or {}
+    if failed.get("count"):
+        shown = ", ".join(str(f["id"]) for f in failed["samples"][:5]) + (" ..." if failed["count"] > 5 else "")
+        print(f"editseg: {failed['count']} sample(s) failed and count as IoU 0 (reasons in summary.json): {shown}", file=sys.stderr)
+    outside = (summary.get("run") or {}).get("outside_selection")
+    if outside:
+        print(f"editseg: the records file holds {outside} more record(s) outside this selection (not counted)", file=sys.stderr)
     print(f"editseg: records, summary and table in {where.parent}", file=sys.stderr)
 
 
