@@ -34,6 +34,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 REDUCE_DECODE_LIMIT = 16
 """With ``reduce_oversize``, formats without reduced decoding are decoded in full only up to this
 many times ``max_pixels`` (then shrunk); larger ones are refused."""
+MAX_ASPECT_RATIO = 16
+"""Longest side over shortest side accepted: models resize to a fixed area with a minimum side, so
+thinner strips cannot be represented (checked when the image is read, before any model loads)."""
 MIN_MAX_SIDE = 64
 """The smallest ``max_side`` accepted: every backbone needs at least 64 px on the short side."""
 
@@ -135,6 +138,11 @@ def load_image(
     if reduce_oversize and image.width * image.height > max_pixels:
         image = _reduce(image, max_pixels)
     _check_size(image.size, max_pixels, "image")
+    if max(image.size) > MAX_ASPECT_RATIO * min(image.size):
+        raise ImageLoadError(
+            f"image is {image.width}x{image.height}: an aspect ratio above {MAX_ASPECT_RATIO}:1, which the models "
+            "cannot take (they need a minimum side at a fixed area); crop it to the region of interest."
+        )
     try:
         return _pil_to_rgb(image)
     except (OSError, ValueError) as error:

@@ -140,13 +140,18 @@ class Flux2KleinBackbone(Backbone):
     def preprocess_geometry(self, size: tuple[int, int], max_side: int | None = None) -> ImageGeometry:
         """The pipeline's rule: above 1 MP, resize to 1 MP (aspect kept); then centre-crop each side
         down to a multiple of the patch (16 px). ``max_side`` (ours, optional) first shrinks the
-        image so that its longer side is at most ``max_side``, but not its shorter side below 64 px."""
+        image so that its longer side is at most ``max_side``, but not its shorter side below 64 px.
+        Images with a side under 64 px (which the pipeline refuses) are enlarged to 64 px on that
+        side, aspect kept; their masks still come back at the input size."""
         width, height = size
         resized = (width, height)
         if max_side is not None and max(resized) > max_side:
             # never below the pipeline's 64 px minimum on the short side
             scale = max(max_side / max(resized), min(1.0, MIN_SIDE / min(resized)))
             resized = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if min(resized) < MIN_SIDE:
+            scale = MIN_SIDE / min(resized)
+            resized = (max(MIN_SIDE, math.ceil(resized[0] * scale)), max(MIN_SIDE, math.ceil(resized[1] * scale)))
         if resized[0] * resized[1] > MAX_AREA:
             scale = math.sqrt(MAX_AREA / (resized[0] * resized[1]))
             resized = (int(resized[0] * scale), int(resized[1] * scale))
