@@ -119,6 +119,15 @@ def test_expressions_with_a_content_word_pass(expression):
     assert normalize_expression(expression) == expression
 
 
+def test_cjk_prompt_tokens_show_each_character_once(tiny_backbone):
+    prompt = tiny_backbone.encode_text(["左边的狗"], ["remove 左边的狗"]).prompts[0]
+    indices = prompt.indices("expression")
+    assert len(indices) > 4  # the tiny byte-level tokenizer splits each character into several tokens
+    assert "".join(prompt.token_strings(indices)) == "左边的狗"
+    latin = tiny_backbone.encode_text(["the red dog"], ["remove the red dog"]).prompts[0]
+    assert "".join(latin.token_strings(latin.indices("expression"))).split() == ["the", "red", "dog"]
+
+
 def test_stop_word_only_expression_is_refused_by_the_api(segmenter, random_image):
     segmenter.set_image(random_image)
     with pytest.raises(ExpressionError, match="stop words"):

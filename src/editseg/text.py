@@ -182,8 +182,18 @@ class PromptTokens:
         return found
 
     def token_strings(self, indices: Sequence[int]) -> list[str]:
-        """The text of each token (as a substring of the encoder input)."""
-        return [self.text[self.offsets[i][0] : self.offsets[i][1]] for i in indices]
+        """The text of each token (as a substring of the encoder input), each character shown once.
+
+        Byte-level tokenizers split one CJK character or emoji into several tokens that all report
+        the character's span; the first shows it and the others show only what they add (often
+        ``""``), so ``"".join(...)`` of consecutive tokens is the text they cover, not "狗狗狗".
+        """
+        strings, covered = [], -1
+        for i in indices:
+            start, end = self.offsets[i]
+            strings.append(self.text[max(start, covered) : end] if end > covered else "")
+            covered = max(covered, end)
+        return strings
 
 
 def align_prompt(
