@@ -31,7 +31,7 @@ def shared_model(monkeypatch, tiny_backbone):
     import editseg.cli as cli
     from editseg import Segmenter
 
-    def segmenter_from_args(args):
+    def segmenter_from_args(args, photo_hint=True):
         loads.append(args.model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

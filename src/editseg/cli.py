@@ -1,4 +1,8 @@
-"""Command line: ``editseg segment | demo | models``. Errors print a message, not a traceback."""
+"""Command line: ``editseg segment | demo | shapes | models`` (and the eval and toy groups).
+
+Errors print one ``editseg: error:`` line, exit status 2, no traceback; every check that needs no
+model (options, device, image, expressions, output folder) runs before the model loads.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,30 @@ from typing import Sequence
 from . import __version__
 from .errors import EditsegError
 
-EPILOG = """Models: toy-shapes (built in, the default: a tiny editor trained on synthetic shapes
-scenes, 64x64), tiny-random-flux2 (built in, random weights), flux2-klein-4b, flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b, any FLUX.2-klein hub
-id, or a local folder holding model_index.json. EDITSEG_MODELS_DIR=<dir> makes <dir>/<repo name>
-the first place looked; HF_HUB_OFFLINE=1 forbids downloads."""
+EPILOG = "{models}"  # filled in when help is printed (listing the models imports their families)
+
+
+def models_epilog() -> str:
+    """The help epilog: every name ``editseg models`` lists, then how models are found."""
+    import textwrap
+
+    from .backbones import known_models
+
+    names = ", ".join(known_models())
+    return "\n".join(textwrap.wrap(
+        f"Models: {names} (details: `editseg models`), any hub id of a supported family, or a local folder "
+        "holding model_index.json. EDITSEG_MODELS_DIR=<dir> makes <dir>/<repo name> the first place looked; "
+        "HF_HUB_OFFLINE=1 forbids downloads.", width=100,
+    ))  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``{models}`` epilog is computed only when help is shown."""
+
+    def format_help(self) -> str:
+        if self.epilog == EPILOG:
+            self.epilog = models_epilog()
+        return super().format_help()
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +51,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--offload", default="none", choices=["none", "model", "sequential"], help="CPU offload: none; model (components move to the GPU in turn); sequential (layer by layer, least memory)")
     group.add_argument("--batch-size", type=int, default=8, help="expressions per transformer forward (default: 8)")
     group.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this (default: 50,000,000)")
+    group.add_argument("--reduce-large", action="store_true", help="decode images above --max-pixels reduced by a power of two (JPEG at 1/2, 1/4, 1/8 directly) instead of refusing them; outputs are then at the reduced size")
     group.add_argument("--max-side", type=int, default=None, help="shrink the input so its longer side is at most this many pixels before the model's own resize rule (masks stay at input resolution; default: none, 128 for tiny-random-flux2)")
 
 
@@ -49,7 +74,7 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="editseg",
         description="Segment what a sentence refers to in a photo, from the grounding inside an image-editing model (one denoising step, no training).",
         epilog=EPILOG,
@@ -75,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="editseg-demo", help="output folder (default: editseg-demo)")
     _add_model_options(demo)
     _add_method_options(demo)
+
+    shapes = commands.add_parser(
+        "shapes",
+        help="write shapes scenes (images, masks, expressions) to try `editseg segment` on",
+        description="Write held-out scenes of the shapes world the built-in toy-shapes model knows: images/<id>.png, "
+        "masks/<id>.png (ground truth) and manifest.jsonl (one expression per line, usable with "
+        "`editseg eval --dataset manifest`), and print a segment command for the first one.",
+    )
+    shapes.add_argument("--out", default="editseg-shapes", help="output folder (default: editseg-shapes)")
+    shapes.add_argument("--count", type=int, default=4, help="number of scenes (default: 4)")
+    shapes.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64, what toy-shapes was trained on)")
 
     commands.add_parser("models", help="list the models editseg knows")
     for module in _command_modules():
@@ -112,6 +148,10 @@ def _config_from_args(args: argparse.Namespace):
 
     _max_pixels(args)  # input-size options are checked with the method options, before any loading
     validate_max_side(getattr(args, "max_side", None))
+    if getattr(args, "device", None) is not None:
+        from .backbones import resolve_device
+
+        resolve_device(args.device)
     return MethodConfig(
         mode=args.mode,
         attention_blocks=parse_block_selection(args.attention_blocks),
@@ -126,7 +166,9 @@ def _config_from_args(args: argparse.Namespace):
     )
 
 
-def _segmenter_from_args(args: argparse.Namespace):
+def _segmenter_from_args(args: argparse.Namespace, photo_hint: bool = True):
+    """Load the model the options name. ``photo_hint=False`` (shapes-only runs) skips toy-shapes'
+    "for photos use a real model" notice."""
     import torch
 
     from .api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
@@ -139,13 +181,13 @@ def _segmenter_from_args(args: argparse.Namespace):
     if backbone.is_random:
         banner = "!" * 78
         print(f"{banner}\n{RANDOM_WEIGHTS_NOTICE.format(name=backbone.name)}\n{banner}", file=sys.stderr)
-    elif backbone.name == TOY_SHAPES:
+    elif backbone.name == TOY_SHAPES and photo_hint:
         print(TOY_SHAPES_NOTICE, file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Segmenter(
             backbone, config=config, batch_size=args.batch_size,
-            max_pixels=_max_pixels(args), max_side=args.max_side,
+            max_pixels=_max_pixels(args), max_side=args.max_side, reduce_oversize=getattr(args, "reduce_large", False),
         )
 
 
@@ -154,22 +196,24 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from .images import load_image
     from .text import normalize_expression
-    from .writers import slug, write_result
+    from .writers import check_output_dir, output_stem, write_result
 
-    _config_from_args(args)  # option errors first
-    image = load_image(args.image, max_pixels=_max_pixels(args))  # fail fast, before loading
+    # Everything that can be judged without the model, before the seconds-long load.
+    _config_from_args(args)
+    image = load_image(args.image, max_pixels=_max_pixels(args), reduce_oversize=args.reduce_large)
     for expression in args.expressions:
         normalize_expression(expression)
+    out_dir = check_output_dir(args.out)
     segmenter = _segmenter_from_args(args)
     segmenter.set_image(image)
-    out_dir = Path(args.out)
     expressions = list(args.expressions)
     batches = range(0, len(expressions), segmenter.batch_size)
     with tqdm(total=len(expressions), unit="expr", desc="segmenting", disable=len(expressions) < 2) as progress:
         for start in batches:
             for offset, result in enumerate(segmenter.predict(expressions[start : start + segmenter.batch_size])):
                 index = start + offset
-                paths = write_result(result, image, out_dir, f"{index:02d}-{slug(result.expression)}", str(args.image))
+                stem = output_stem(args.image, index, result.expression)
+                paths = write_result(result, image, out_dir, stem, str(args.image))
                 progress.write(f"{result.expression!r}: {result.area} px -> {paths['mask']}")
                 progress.update(1)
     print(f"editseg: wrote {len(expressions)} result(s) to {out_dir}", file=sys.stderr)
@@ -178,9 +222,33 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
+    from .writers import check_output_dir
 
-    out = demo(_segmenter_from_args(args), Path(args.out))
+    _config_from_args(args)
+    out_dir = check_output_dir(args.out)
+    out = demo(_segmenter_from_args(args, photo_hint=False), out_dir)
     print(f"editseg: demo picture written to {out}", file=sys.stderr)
+    return 0
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from .data.shapes import save_samples_as_manifest, shapes_benchmark
+    from .errors import ConfigError
+    from .writers import check_output_dir
+
+    if args.count < 1:
+        raise ConfigError(f"--count must be at least 1, got {args.count}.")
+    if args.size < 32:
+        raise ConfigError(f"--size must be at least 32 pixels, got {args.size}.")
+    out_dir = check_output_dir(args.out)
+    manifest = save_samples_as_manifest(shapes_benchmark(args.count, image_size=args.size), out_dir)
+    first = json.loads(manifest.read_text(encoding="utf-8").splitlines()[0])
+    image = out_dir / first["image"]
+    print(f"editseg: wrote {args.count} scene(s) to {out_dir} (images/, masks/, manifest.jsonl). Try:", file=sys.stderr)
+    print(f"editseg segment {shlex.quote(str(image))} {shlex.quote(first['expression'])} --out {shlex.quote(str(out_dir / 'masks-predicted'))}")
     return 0
 
 
@@ -195,7 +263,7 @@ def run_models(_: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"segment": run_segment, "demo": run_demo, "models": run_models}
+    handlers = {"segment": run_segment, "demo": run_demo, "shapes": run_shapes, "models": run_models}
     for module in _command_modules():
         handlers.update(module.HANDLERS)
     if args.command is None:

@@ -24,14 +24,37 @@ from typing import Iterator
 from PIL import Image
 
 from .api import SegmentationResult
+from .errors import ConfigError
 from .masks import encode_rle, save_mask_png
 from .viz import heatmap, overlay
 
 
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of an expression."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return (cleaned[:limit].rstrip("-")) or "expression"
+def slug(text: str, limit: int = 40, fallback: str = "expression") -> str:
+    """A file-name-safe short form of an expression: letters and digits of any script, dashes."""
+    cleaned = re.sub(r"[\W_]+", "-", text.lower()).strip("-")
+    return (cleaned[:limit].rstrip("-")) or fallback
+
+
+def output_stem(image: str | os.PathLike, index: int, expression: str) -> str:
+    """``<image stem>-<NN>-<expression slug>``: outputs of several images can share one folder."""
+    return f"{slug(Path(image).stem, fallback='image')}-{index:02d}-{slug(expression)}"
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed and prove it writable (a probe file is written and removed), so a
+    bad ``--out`` fails in a second with one line, not after the compute. Returns it as a Path."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is an existing file, not a folder: choose a folder path.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".editseg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(f"--out {out} is not writable ({reason}): choose a folder you can write to.") from None
+    return path
 
 
 def result_record(result: SegmentationResult, image_path: str | None = None) -> dict:

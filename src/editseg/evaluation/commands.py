@@ -264,6 +264,7 @@ def _converted(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 def _eval(args: argparse.Namespace) -> int:
     """``editseg eval``."""
     from ..cli import _config_from_args, _segmenter_from_args
+    from ..writers import check_output_dir
     from .report import write_gallery
     from .runner import (
         check_resumable,
@@ -295,7 +296,8 @@ def _eval(args: argparse.Namespace) -> int:
     )
     if args.invalid == "refuse":  # what can be judged without the model's tokenizer, before loading it
         _refuse_unusable_expressions(selection, records_path)
-    segmenter = _segmenter_from_args(args)
+    check_output_dir(out)
+    segmenter = _segmenter_from_args(args, photo_hint=args.dataset != "shapes")
     summary = evaluate(
         segmenter, dataset, records_path, limit=args.limit, ids=ids, shard=args.shard,
         save_masks=args.save_masks, progress=not args.no_progress, invalid=args.invalid,
@@ -419,6 +421,7 @@ run_eval_table = _converted(_eval_table)
 def _eval_sweep(args: argparse.Namespace) -> int:
     """``editseg eval-sweep``."""
     from ..cli import _config_from_args, _segmenter_from_args
+    from ..writers import check_output_dir
     from .ablations import parse_sweep_names, run_sweep
     from .runner import select_samples
 
@@ -430,7 +433,8 @@ def _eval_sweep(args: argparse.Namespace) -> int:
     base = _config_from_args(args)
     dataset = build_dataset(args)
     _check_images(select_samples(dataset, ids=ids, limit=args.limit))
-    segmenter = _segmenter_from_args(args)
+    check_output_dir(args.out)
+    segmenter = _segmenter_from_args(args, photo_hint=args.dataset != "shapes")
     results = run_sweep(
         segmenter, dataset, names, args.out, limit=args.limit, ids=ids, base=base, timesteps=timesteps or (),
         num_steps=args.num_steps, blocks=blocks, block_stride=args.block_stride, taus=taus,
@@ -445,6 +449,7 @@ def _eval_sweep(args: argparse.Namespace) -> int:
 def _eval_separability(args: argparse.Namespace) -> int:
     """``editseg eval-separability``."""
     from ..cli import _config_from_args, _segmenter_from_args
+    from ..writers import check_output_dir
     from .ablations import separability_study
     from .runner import select_samples
 
@@ -454,7 +459,8 @@ def _eval_separability(args: argparse.Namespace) -> int:
     _config_from_args(args)
     dataset = build_dataset(args)
     _check_images(select_samples(dataset, ids=ids, limit=args.limit))
-    segmenter = _segmenter_from_args(args)
+    check_output_dir(args.out)
+    segmenter = _segmenter_from_args(args, photo_hint=args.dataset != "shapes")
     summary = separability_study(
         segmenter, dataset, timesteps, blocks, args.site, num_steps=args.num_steps, limit=args.limit, ids=ids,
         out_dir=args.out, plot_block=args.plot_block, progress=not args.no_progress,
