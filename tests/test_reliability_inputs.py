@@ -350,3 +350,33 @@ def test_checkpoints_load_weights_only_optimizer_state_included(tmp_path):
     with pytest.raises(UnsafeFileError, match="not a plain checkpoint") as info:
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists() and "\n" not in str(info.value)
+
+
+_PEAK_SCRIPT = """
+import resource, warnings, numpy as np
+warnings.simplefilter("ignore")
+from editseg import Segmenter
+seg = Segmenter.from_pretrained("toy-shapes", device="cpu")
+image = np.zeros((4000, 4000, 3), np.uint8); image[:2000] = 200
+seg.segment(np.zeros((64, 64, 3), np.uint8), "the red circle")  # warm up allocators and lazy imports
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+results = seg.segment(image, ["the red circle", "the blue square"])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kept = sum(r.cam.nbytes + r.ram.nbytes + r.mask.nbytes for r in results)
+print((peak - before) * 1024 - kept)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux")
+def test_peak_memory_beyond_the_results_stays_small_on_a_16_mp_image():
+    """Item 11: beyond what the results hold (float32 CAM/RAM + mask per expression at input size),
+    a 16 MP image costs about one RGB copy (48 MB); the grid_sample path cost ~145 MB more."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "src")
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    overhead = int(done.stdout.strip().splitlines()[-1])
+    assert overhead < 100 * 2**20, f"{overhead / 2**20:.0f} MB beyond the results"
