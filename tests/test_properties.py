@@ -156,7 +156,7 @@ def test_api_any_expression_gives_a_clear_error_or_a_mask(seg, random_image, exp
 
 def _run_cli(argv, tiny_backbone):
     from editseg import backbones
-    from editseg.cli import main
+    from editseg.cli.main import main
 
     stderr = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):

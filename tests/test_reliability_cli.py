@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from editseg import backbones
-from editseg.cli import main
+from editseg.cli.main import main
 
 
 @pytest.fixture()

@@ -222,7 +222,7 @@ def _result(segmenter, random_image):
 
 
 def test_interrupted_write_leaves_no_partial_expression(segmenter, random_image, tmp_path, monkeypatch):
-    from editseg import writers
+    from editseg.cli import writers
 
     result = _result(segmenter, random_image)
     image = Image.fromarray(random_image)
@@ -237,7 +237,7 @@ def test_interrupted_write_leaves_no_partial_expression(segmenter, random_image,
 
 
 def test_ctrl_c_during_the_renames_is_delivered_after_all_files_are_in_place(segmenter, random_image, tmp_path, monkeypatch):
-    from editseg import writers
+    from editseg.cli import writers
 
     result = _result(segmenter, random_image)
     real_replace = os.replace
@@ -262,7 +262,7 @@ def test_ctrl_c_during_the_renames_is_delivered_after_all_files_are_in_place(seg
 
 def test_json_names_image_size_plainly_and_rle_size_is_coco_height_width(segmenter, tmp_path):
     from editseg.masks import decode_rle
-    from editseg.writers import result_record
+    from editseg.cli.writers import result_record
 
     image = np.zeros((72, 120, 3), np.uint8)  # wide: width 120, height 72
     record = result_record(segmenter.segment(image, "the dog"))

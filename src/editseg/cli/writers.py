@@ -23,10 +23,10 @@ from typing import Iterator
 
 from PIL import Image
 
-from .api import SegmentationResult
-from .errors import ConfigError
-from .masks import encode_rle, save_mask_png
-from .viz import heatmap, overlay
+from ..errors import ConfigError
+from ..masks import encode_rle, save_mask_png
+from ..results import SegmentationResult
+from ..viz import heatmap, overlay
 
 
 def slug(text: str, limit: int = 40, fallback: str = "expression") -> str:

@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .errors import EditsegError
+from .. import __version__
+from ..errors import EditsegError
 
 EPILOG = "{models}"  # filled in when help is printed (listing the models imports their families)
 
@@ -22,7 +22,7 @@ def models_epilog() -> str:
     """The help epilog: every name ``editseg models`` lists, then how models are found."""
     import textwrap
 
-    from .backbones import known_models
+    from ..backbones import known_models
 
     names = ", ".join(known_models())
     return "\n".join(textwrap.wrap(
@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from .api import DEFAULT_MODEL
+    from ..api import DEFAULT_MODEL
 
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"model name, hub id or local folder (default: {DEFAULT_MODEL})")
@@ -56,9 +56,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
-    from .config import BLOCK_SETS, MODES, SIMILARITIES
-    from .probes import FEATURE_SITES
-    from .text import INSTRUCTION_TEMPLATES, PROMPT_TOKEN_SETS
+    from ..config import BLOCK_SETS, MODES, SIMILARITIES
+    from ..probing.recorder import FEATURE_SITES
+    from ..text import INSTRUCTION_TEMPLATES, PROMPT_TOKEN_SETS
 
     group = parser.add_argument_group("method (defaults follow the paper)")
     group.add_argument("--mode", default="full", choices=MODES, help="full: RAM + feature prototypes (eqs. 3-6); ram / cam: the attention map alone, thresholded at --map-threshold")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = ("editseg.evaluation.commands", "editseg.toy.commands")
+COMMAND_MODULES = ("editseg.cli.evaluation", "editseg.cli.toy")
 
 
 def _command_modules():
@@ -136,20 +136,20 @@ def _command_modules():
 
 
 def _max_pixels(args: argparse.Namespace) -> int:
-    from .images import DEFAULT_MAX_PIXELS, validate_max_pixels
+    from ..images import DEFAULT_MAX_PIXELS, validate_max_pixels
 
     value = getattr(args, "max_pixels", None)
     return validate_max_pixels(DEFAULT_MAX_PIXELS if value is None else value)
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config import MethodConfig, parse_block_selection
-    from .images import validate_max_side
+    from ..config import MethodConfig, parse_block_selection
+    from ..images import validate_max_side
 
     _max_pixels(args)  # input-size options are checked with the method options, before any loading
     validate_max_side(getattr(args, "max_side", None))
     if getattr(args, "device", None) is not None:
-        from .backbones import resolve_device
+        from ..backbones import resolve_device
 
         resolve_device(args.device)
     return MethodConfig(
@@ -171,8 +171,8 @@ def _segmenter_from_args(args: argparse.Namespace, photo_hint: bool = True):
     "for photos use a real model" notice."""
     import torch
 
-    from .api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
-    from .backbones import TOY_SHAPES, load_backbone
+    from ..api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
+    from ..backbones import TOY_SHAPES, load_backbone
 
     config = _config_from_args(args)  # validate options before loading a big model
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -194,8 +194,8 @@ def _segmenter_from_args(args: argparse.Namespace, photo_hint: bool = True):
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .images import load_image
-    from .text import normalize_expression
+    from ..images import load_image
+    from ..text import normalize_expression
     from .writers import check_output_dir, output_stem, write_result
 
     # Everything that can be judged without the model, before the seconds-long load.
@@ -235,8 +235,8 @@ def run_shapes(args: argparse.Namespace) -> int:
     import json
     import shlex
 
-    from .data.shapes import save_samples_as_manifest, shapes_benchmark
-    from .errors import ConfigError
+    from ..data.shapes import save_samples_as_manifest, shapes_benchmark
+    from ..errors import ConfigError
     from .writers import check_output_dir
 
     if args.count < 1:
@@ -253,7 +253,7 @@ def run_shapes(args: argparse.Namespace) -> int:
 
 
 def run_models(_: argparse.Namespace) -> int:
-    from .backbones import known_models
+    from ..backbones import known_models
 
     for name, description in known_models().items():
         print(f"{name:24s} {description}")
