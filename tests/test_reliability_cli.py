@@ -19,6 +19,15 @@ from editseg import backbones
 from editseg.cli.main import main
 
 
+def patch_loader(monkeypatch, loader) -> None:
+    """Replace ``load_backbone`` wherever editseg imported it (the CLI reaches it through methods)."""
+    import editseg.api  # noqa: F401  (imports the methods, which import the loader)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("editseg") and callable(getattr(module, "load_backbone", None)):
+            monkeypatch.setattr(module, "load_backbone", loader)
+
+
 @pytest.fixture()
 def image_file(tmp_path):
     path = tmp_path / "photo.png"
@@ -33,12 +42,12 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(backbones, "load_backbone", refuse)
+    patch_loader(monkeypatch, refuse)
 
 
 @pytest.fixture()
 def tiny_model(monkeypatch, tiny_backbone):
-    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: tiny_backbone)
+    patch_loader(monkeypatch, lambda *a, **k: tiny_backbone)
     return tiny_backbone
 
 
@@ -146,7 +155,7 @@ def test_small_image_gives_a_mask_of_its_size(tmp_path, capsys, tiny_model):
 
 def test_too_long_expression_is_one_line_without_the_tokenizer_warning(image_file, capfd, monkeypatch, toy_backbone):
     toy_backbone.pipeline.tokenizer.deprecation_warnings = {}  # transformers warns once per tokenizer
-    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: toy_backbone)
+    patch_loader(monkeypatch, lambda *a, **k: toy_backbone)
     assert main(["segment", str(image_file), " ".join(["zebra"] * 40), "--out", str(image_file.parent / "o")]) == 2
     err = capfd.readouterr().err
     assert "indexing errors" not in err and "Token indices sequence length" not in err
@@ -180,7 +189,7 @@ def test_shapes_command_writes_scenes_and_a_segment_command_that_works(tmp_path,
     assert (tmp_path / "scenes" / entry["image"]).is_file() and (tmp_path / "scenes" / entry["mask"]).is_file()
     command = shlex.split(captured.out.strip().splitlines()[-1])
     assert command[:2] == ["editseg", "segment"]
-    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: toy_backbone)
+    patch_loader(monkeypatch, lambda *a, **k: toy_backbone)
     assert main(command[1:]) == 0
     assert list((tmp_path / "scenes" / "masks-predicted").glob("*.mask.png"))
     assert main(["shapes", "--out", str(tmp_path / "x"), "--count", "0"]) == 2
@@ -197,7 +206,7 @@ def test_outputs_of_different_images_do_not_collide(tmp_path, capsys, tiny_model
 
 
 def test_photo_hint_only_where_photos_are_possible(tmp_path, capsys, monkeypatch, toy_backbone, image_file):
-    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: toy_backbone)
+    patch_loader(monkeypatch, lambda *a, **k: toy_backbone)
     hint = "for photos use a real model"
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     assert hint not in capsys.readouterr().err

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
@@ -58,10 +59,12 @@ def check_output_dir(out: str | os.PathLike) -> Path:
 
 
 def result_record(result: SegmentationResult, image_path: str | None = None) -> dict:
-    """The JSON record of a result: expression, instruction, model, settings, RLE mask, timings."""
-    return {
+    """The JSON record of a result: expression, method, instruction, model, settings, RLE mask,
+    the method's point/box/proposals where it gives them, and timings."""
+    record = {
         "image": image_path,
         "expression": result.expression,
+        "method": result.method,
         "instruction": result.instruction,
         "model": result.model,
         "settings": result.config,
@@ -71,28 +74,64 @@ def result_record(result: SegmentationResult, image_path: str | None = None) -> 
         "height": int(result.mask.shape[0]),
         "mask_rle": encode_rle(result.mask),  # COCO RLE: its "size" is [height, width]
         "mask_area": result.area,
+        "maps": sorted(result.maps),
         "timings": result.timings,
     }
+    if result.point is not None:
+        record["point"] = [int(v) for v in result.point]
+    if result.box is not None:
+        record["box"] = [int(v) for v in result.box]
+    if result.proposals is not None:
+        record["proposals"] = [_proposal_record(p) for p in result.proposals]
+    return record
+
+
+def _proposal_record(proposal: dict) -> dict:
+    """A proposal with its mask as COCO RLE and numbers as plain JSON values."""
+    out = {}
+    for key, value in proposal.items():
+        if key == "mask":
+            out["mask_rle"] = encode_rle(np.asarray(value, dtype=bool))
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+        elif isinstance(value, np.ndarray):
+            out[key] = value.tolist()
+        else:
+            out[key] = value
+    return out
+
+
+RESERVED_KINDS = ("mask", "overlay", "json")
+
+
+def map_kind(name: str) -> str:
+    """The file kind of a named map (``cam`` → ``<stem>.cam.png``), never one of :data:`RESERVED_KINDS`."""
+    kind = slug(name, limit=30)
+    return f"map-{kind}" if kind in RESERVED_KINDS else kind
 
 
 def write_result(
     result: SegmentationResult, image: Image.Image, out_dir: Path, stem: str, image_path: str | None = None
 ) -> dict[str, Path]:
-    """Write ``<stem>.mask.png``, ``.overlay.png``, ``.cam.png``, ``.ram.png`` and ``.json``, all or none."""
+    """Write ``<stem>.mask.png``, ``.overlay.png``, one heatmap per map of the method (early
+    grounding: ``.cam.png``, ``.ram.png``) and ``.json``: all of them or none (see the module notes)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {kind: out_dir / f"{stem}.{kind}.png" for kind in ("mask", "overlay", "cam", "ram")}
+    paths = {kind: out_dir / f"{stem}.{kind}.png" for kind in ("mask", "overlay")}
+    for name in result.maps:
+        kind = map_kind(name)
+        paths[kind] = out_dir / f"{stem}.{kind}.png"
     paths["json"] = out_dir / f"{stem}.json"
     temporary = {kind: path.with_name(f".{path.name}.{os.getpid()}.tmp") for kind, path in paths.items()}
     try:
         save_mask_png(result.mask, temporary["mask"])
         overlay(image, result.mask).save(temporary["overlay"], format="PNG")
-        heatmap(result.cam).save(temporary["cam"], format="PNG")
-        heatmap(result.ram).save(temporary["ram"], format="PNG")
+        for name, values in result.maps.items():
+            heatmap(values).save(temporary[map_kind(name)], format="PNG")
         record = result_record(result, image_path)
         record["files"] = {kind: path.name for kind, path in paths.items() if kind != "json"}
         temporary["json"].write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
         with deferred_interrupt():
-            for kind in ("mask", "overlay", "cam", "ram", "json"):  # the record last: it vouches for the rest
+            for kind in paths:  # the record last (dicts keep order): it vouches for the rest
                 os.replace(temporary[kind], paths[kind])
     finally:
         for path in temporary.values():
