@@ -30,7 +30,7 @@ def shared_model(monkeypatch, tiny_backbone):
     import editseg.cli.main as cli
     from editseg import Segmenter
 
-    def segmenter_from_args(args, photo_hint=True):
+    def segmenter_from_args(args):
         loads.append(args.model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -297,7 +297,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.invalid == "refuse":  # what can be judged without the model's tokenizer, before loading it
         _refuse_unusable_expressions(selection, records_path)
     check_output_dir(out)
-    segmenter = _segmenter_from_args(args, photo_hint=args.dataset != "shapes")
+    segmenter = _segmenter_from_args(_shapes_only_hint(args))
     summary = evaluate(
         segmenter, dataset, records_path, limit=args.limit, ids=ids, shard=args.shard,
         save_masks=args.save_masks, progress=not args.no_progress, invalid=args.invalid,
@@ -330,6 +330,12 @@ def _refuse_unusable_expressions(selection: list[ReferringSample], records_path:
             rejected.append((sample, str(error)))
     if rejected:
         raise EvaluationError(refusal_message(rejected, len(pending)))
+
+
+def _shapes_only_hint(args: argparse.Namespace) -> argparse.Namespace:
+    """Mark shapes-only runs so the loader skips toy-shapes' "for photos use a real model" notice."""
+    args.photo_hint = args.dataset != "shapes"
+    return args
 
 
 def _print_summary(summary: dict[str, Any], where: Path) -> None:
@@ -434,7 +440,7 @@ def _eval_sweep(args: argparse.Namespace) -> int:
     dataset = build_dataset(args)
     _check_images(select_samples(dataset, ids=ids, limit=args.limit))
     check_output_dir(args.out)
-    segmenter = _segmenter_from_args(args, photo_hint=args.dataset != "shapes")
+    segmenter = _segmenter_from_args(_shapes_only_hint(args))
     results = run_sweep(
         segmenter, dataset, names, args.out, limit=args.limit, ids=ids, base=base, timesteps=timesteps or (),
         num_steps=args.num_steps, blocks=blocks, block_stride=args.block_stride, taus=taus,
@@ -460,7 +466,7 @@ def _eval_separability(args: argparse.Namespace) -> int:
     dataset = build_dataset(args)
     _check_images(select_samples(dataset, ids=ids, limit=args.limit))
     check_output_dir(args.out)
-    segmenter = _segmenter_from_args(args, photo_hint=args.dataset != "shapes")
+    segmenter = _segmenter_from_args(_shapes_only_hint(args))
     summary = separability_study(
         segmenter, dataset, timesteps, blocks, args.site, num_steps=args.num_steps, limit=args.limit, ids=ids,
         out_dir=args.out, plot_block=args.plot_block, progress=not args.no_progress,

@@ -168,9 +168,10 @@ def _config_from_args(args: argparse.Namespace):
     )
 
 
-def _segmenter_from_args(args: argparse.Namespace, photo_hint: bool = True):
-    """Load the model the options name. ``photo_hint=False`` (shapes-only runs) skips toy-shapes'
-    "for photos use a real model" notice."""
+def _segmenter_from_args(args: argparse.Namespace):
+    """Load the model the options name. ``args.photo_hint = False`` (shapes-only runs: demo, eval
+    on shapes) skips toy-shapes' "for photos use a real model" notice."""
+    photo_hint = getattr(args, "photo_hint", True)
     import torch
 
     from ..api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
@@ -227,13 +228,18 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_photo_hint(args: argparse.Namespace) -> argparse.Namespace:
+    args.photo_hint = False
+    return args
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
     from .writers import check_output_dir
 
     _config_from_args(args)
     out_dir = check_output_dir(args.out)
-    out = demo(_segmenter_from_args(args, photo_hint=False), out_dir)
+    out = demo(_segmenter_from_args(_no_photo_hint(args)), out_dir)
     print(f"editseg: demo picture written to {out}", file=sys.stderr)
     return 0
 
