@@ -65,8 +65,8 @@ import numpy as np
 
 from ..config import MethodConfig
 from ..data.base import ReferringSample, group_by_image, parse_shard, shard
-from ..errors import ExpressionError, ImageLoadError
 from ..masks import encode_rle, save_mask_png
+from .failures import INVALID_POLICIES, evaluate_or_record, failed_record, refusal_message
 from .metrics import MetricAccumulator, SampleRecord, argmax_in_mask, intersection_union, iou_from_counts
 from .published import DEFAULT_COMPARISON, IIE_RIS_TABLE1, PublishedTable
 from .records import (
@@ -106,7 +106,6 @@ __all__ = [
 
 SUMMARY_FORMAT = "editseg-eval-summary/1"
 SAVE_MASKS = (None, "png", "rle")
-INVALID_POLICIES = ("record", "refuse")
 
 
 # -- selection -------------------------------------------------------------------------------------
@@ -342,37 +341,6 @@ def evaluate(
     return summary
 
 
-def failed_record(sample: ReferringSample, reason: str, instruction: str = "") -> dict[str, Any]:
-    """The record of a sample the model could not take: an empty prediction (IoU 0, point miss)."""
-    gt = sample.load_mask()
-    gt_area = int(gt.sum())
-    return {
-        "id": sample.sample_id,
-        "image_id": sample.image_id,
-        "expression": sample.expression,
-        "instruction": instruction,
-        "iou": iou_from_counts(0, gt_area),
-        "intersection": 0,
-        "union": gt_area,
-        "point_hit": False,
-        "pred_area": 0,
-        "gt_area": gt_area,
-        "size": [int(gt.shape[1]), int(gt.shape[0])],
-        "failed": reason,
-        "timings": {},
-    }
-
-
-def refusal_message(rejected: Sequence[tuple[ReferringSample, str]], pending: int) -> str:
-    """One line: how many pending samples the model cannot take, the first few, and the way on."""
-    shown = "; ".join(f"{s.sample_id} {s.expression[:60]!r}: {reason}" for s, reason in rejected[:3])
-    more = f"; and {len(rejected) - 3} more" if len(rejected) > 3 else ""
-    return (
-        f"{len(rejected)} of {pending} samples cannot be segmented: {shown}{more}. Nothing was run. "
-        "Use --invalid record to score them as failed (IoU 0) and go on, or leave them out with --ids."
-    )
-
-
 def _evaluate_image_or_record(
     segmenter: "Segmenter",
     group: list[ReferringSample],
@@ -383,17 +351,7 @@ def _evaluate_image_or_record(
     invalid: str,
 ) -> list[dict[str, Any]]:
     """:func:`_evaluate_image`; with ``invalid="record"``, samples the model refuses become failed records."""
-    try:
-        return _evaluate_image(segmenter, group, config, save_masks, mask_dir, base)
-    except (ExpressionError, ImageLoadError) as error:
-        if invalid != "record":
-            raise
-        if isinstance(error, ImageLoadError) or len(group) == 1:
-            return [failed_record(s, str(error)) for s in group]
-    out = []
-    for sample in group:  # one expression was refused: redo the image one sample at a time
-        out.extend(_evaluate_image_or_record(segmenter, [sample], config, save_masks, mask_dir, base, invalid))
-    return out
+    return evaluate_or_record(lambda samples: _evaluate_image(segmenter, samples, config, save_masks, mask_dir, base), group, invalid)
 
 
 def _evaluate_image(
