@@ -105,6 +105,12 @@ class Backbone(ABC):
 
         ``image`` is the prepared image, for text encoders that see it (Qwen2.5-VL); others ignore it."""
 
+    def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int] | None:
+        """``(tokens each instruction needs, the most the model reads)``, from the tokenizer alone
+        (no encoder forward), or ``None`` where a backbone cannot tell before encoding. Lets whole
+        datasets be checked for too-long expressions before the first forward."""
+        return None
+
     @abstractmethod
     def first_step_inputs(self, image: PreparedImage, text: EncodedText, seed: int) -> dict[str, Any]:
         """The transformer's keyword arguments at the first denoising step (sigma 1); one noise

@@ -6,16 +6,39 @@ import argparse
 import sys
 import warnings
 
-EPILOG = """Models: toy-shapes (built in, the default: a tiny editor trained on synthetic shapes
-scenes, 64x64), tiny-random-flux2 (built in, random weights), flux2-klein-4b, flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b, any FLUX.2-klein hub
-id, or a local folder holding model_index.json. EDITSEG_MODELS_DIR=<dir> makes <dir>/<repo name>
-the first place looked; HF_HUB_OFFLINE=1 forbids downloads."""
+EPILOG = "{models}"  # filled in when help is printed (listing the models imports their families)
+
+
+def models_epilog() -> str:
+    """The help epilog: every name ``editseg models`` lists, then how models are found."""
+    import textwrap
+
+    from ..backbones import known_models
+
+    names = ", ".join(known_models())
+    return "\n".join(textwrap.wrap(
+        f"Models: {names} (details: `editseg models`), any hub id of a supported family, or a local folder "
+        "holding model_index.json. EDITSEG_MODELS_DIR=<dir> makes <dir>/<repo name> the first place looked; "
+        "HF_HUB_OFFLINE=1 forbids downloads.", width=100,
+    ))  # fmt: skip
+
+
+class HelpParser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``{models}`` epilog (:data:`EPILOG`) is computed only when help is shown."""
+
+    def format_help(self) -> str:
+        if self.epilog == EPILOG:
+            self.epilog = models_epilog()
+        return super().format_help()
 
 __all__ = [
     "EPILOG",
+    "HelpParser",
     "add_method_options",
     "add_model_options",
     "config_from_args",
+    "max_pixels_from_args",
+    "models_epilog",
     "parse_method_options",
     "refiner_from_args",
     "segmenter_from_args",
@@ -35,7 +58,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     group.add_argument("--offload", default="none", choices=["none", "model", "sequential"], help="CPU offload: none; model (components move to the GPU in turn); sequential (layer by layer, least memory)")
     group.add_argument("--batch-size", type=int, default=8, help="expressions per transformer forward (default: 8)")
-    group.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this (default: 178,956,970)")
+    group.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this (default: 50,000,000)")
+    group.add_argument("--reduce-large", action="store_true", help="decode images above --max-pixels reduced by a power of two (JPEG at 1/2, 1/4, 1/8 directly) instead of refusing them; outputs are then at the reduced size")
     group.add_argument("--max-side", type=int, default=None, help="shrink the input so its longer side is at most this many pixels before the model's own resize rule (masks stay at input resolution; default: none, 128 for tiny-random-flux2)")
 
 
@@ -64,10 +88,26 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     refine.add_argument("--refiner-cache", default=None, help="JSONL cache of refinements (default: $EDITSEG_CACHE_DIR/refinements.jsonl or ~/.cache/editseg/refinements.jsonl)")
 
 
-def config_from_args(args: argparse.Namespace):
-    """The :class:`~editseg.config.MethodConfig` of the method options (validated)."""
-    from ..config import MethodConfig, parse_block_selection
+def max_pixels_from_args(args: argparse.Namespace) -> int:
+    """``--max-pixels`` validated (default :data:`~editseg.images.DEFAULT_MAX_PIXELS`)."""
+    from ..images import DEFAULT_MAX_PIXELS, validate_max_pixels
 
+    value = getattr(args, "max_pixels", None)
+    return validate_max_pixels(DEFAULT_MAX_PIXELS if value is None else value)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~editseg.config.MethodConfig` of the method options (validated), after checking
+    the options that need no model: ``--max-pixels``, ``--max-side``, ``--device``."""
+    from ..config import MethodConfig, parse_block_selection
+    from ..images import validate_max_side
+
+    max_pixels_from_args(args)
+    validate_max_side(getattr(args, "max_side", None))
+    if getattr(args, "device", None) is not None:
+        from ..backbones import resolve_device
+
+        resolve_device(args.device)
     return MethodConfig(
         mode=args.mode,
         attention_blocks=parse_block_selection(args.attention_blocks),
@@ -103,13 +143,15 @@ def parse_method_options(items) -> dict:
 
 
 def segmenter_from_args(args: argparse.Namespace):
-    """Validate the options, then load the :class:`~editseg.api.Segmenter` they name."""
+    """Validate the options, then load the :class:`~editseg.api.Segmenter` they name.
+    ``args.photo_hint = False`` (shapes-only runs: demo, eval on shapes) skips toy-shapes'
+    "for photos use a real model" notice."""
+    photo_hint = getattr(args, "photo_hint", True)
     import torch
 
     from ..api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
     from ..errors import ConfigError
     from ..backbones import TOY_SHAPES
-    from ..images import DEFAULT_MAX_PIXELS
     from ..methods.registry import DEFAULT_METHOD
 
     config = config_from_args(args)  # validate options before loading a big model
@@ -128,13 +170,13 @@ def segmenter_from_args(args: argparse.Namespace):
         warnings.simplefilter("ignore")
         segmenter = Segmenter.from_pretrained(
             args.model, args.method, device=args.device, dtype=dtype, offload=args.offload, components=components,
-            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, **options,
+            max_pixels=max_pixels_from_args(args), reduce_oversize=getattr(args, "reduce_large", False), **options,
         )  # fmt: skip
     backbone = getattr(segmenter.method, "backbone", None)
     if backbone is not None and backbone.is_random:
         banner = "!" * 78
         print(f"{banner}\n{RANDOM_WEIGHTS_NOTICE.format(name=backbone.name)}\n{banner}", file=sys.stderr)
-    elif backbone is not None and backbone.name == TOY_SHAPES:
+    elif backbone is not None and backbone.name == TOY_SHAPES and photo_hint:
         print(TOY_SHAPES_NOTICE, file=sys.stderr)
     refiner = refiner_from_args(args, backbone, dtype)
     if refiner is not None:

@@ -15,11 +15,22 @@ each image, so an interrupted run loses at most the image it was working on.
 
 **Resume.** Running again on the same records file skips the sample ids already in it. A truncated
 last line (a run killed mid-write) is dropped with a warning and cut from the file; other broken
-lines are an error. Resuming with different settings raises :class:`SettingsMismatchError`;
+lines are an error that names the line and how to drop it (its sample is then redone). Resuming with different settings raises :class:`SettingsMismatchError`;
 ``limit`` and ``ids`` are not settings, so a quick ``limit=50`` run can later be extended.
 
-**Summary.** Computed with :class:`~editseg.evaluation.metrics.MetricAccumulator` from *all* records in
-the file (not only those of this call) and written next to the records (``records.jsonl`` →
+**Samples the model cannot take.** Before the first forward every pending sample's expression is
+checked (:meth:`~editseg.api.Segmenter.expression_problems`: empty, no words, stop words only,
+over the text encoder's token limit). ``invalid="record"`` (the default, so an hour-long run never
+dies at sample 9,000) records such a sample, and any sample whose expression or image the model
+refuses while running, as *failed*: IoU 0 (empty prediction: intersection 0, union = ground-truth
+area, point miss), a ``"failed"`` reason in its record, counted in every metric and listed in the
+summary's ``failed`` entry. ``invalid="refuse"`` stops before any forward with the list instead
+(and stops at the first refusal while running).
+
+**Summary.** Computed with :class:`~editseg.evaluation.metrics.MetricAccumulator` from the records of
+the *selected* samples (resumed or new; a ``limit=10`` run over a file holding 50 records reports
+10; ``run.records_in_file`` and ``run.outside_selection`` say what else the file holds) and written
+next to the records (``records.jsonl`` →
 ``summary.json`` and ``table.md``; ``records-shard0of4.jsonl`` → ``summary-shard0of4.json`` ...).
 Everything in a summary except its ``"run"`` entry (paths, timings, progress) depends only on the
 settings and the multiset of records.
@@ -53,6 +64,7 @@ import numpy as np
 from ..config import MethodConfig
 from ..data.base import ReferringSample, group_by_image, parse_shard, shard
 from ..masks import encode_rle, save_mask_png
+from .failures import INVALID_POLICIES, evaluate_or_record, failed_record, refusal_message
 from .metrics import argmax_in_mask, intersection_union, iou_from_counts
 from .summary import SUMMARY_FORMAT, markdown_table, summarize, write_summary
 from .records import (
@@ -77,6 +89,7 @@ __all__ = [
     "check_resumable",
     "dataset_info",
     "evaluate",
+    "failed_record",
     "markdown_table",
     "merge_records",
     "read_records",
@@ -273,19 +286,23 @@ def evaluate(
     shard: str | tuple[int, int] | None = None,
     save_masks: str | None = None,
     progress: bool = True,
+    invalid: str = "record",
 ) -> dict[str, Any]:
-    """Score every selected sample not yet in ``records_path``, then summarise all records there.
+    """Score every selected sample not yet in ``records_path``, then summarise the selection's records.
 
     Samples are grouped by image: one ``set_image`` per image and one ``predict`` for all of its
     expressions (batched by ``segmenter.batch_size``). ``save_masks="png"`` writes
     ``masks/<id>.png`` next to the records (``mask_file`` in the record), ``"rle"`` stores a COCO RLE
-    as ``mask_rle``. Returns the summary (see :func:`summarize`), also written to ``summary.json`` and
+    as ``mask_rle``. ``invalid``: ``"record"`` or ``"refuse"`` samples the model cannot take (see the
+    module docstring). Returns the summary (see :func:`summarize`), also written to ``summary.json`` and
     ``table.md`` beside the records. See the module docstring for resume and sharding.
     """
     from tqdm import tqdm
 
     if save_masks not in SAVE_MASKS:
         raise EvaluationError(f"save_masks must be None, 'png' or 'rle', got {save_masks!r}")
+    if invalid not in INVALID_POLICIES:
+        raise EvaluationError(f"invalid must be one of {', '.join(INVALID_POLICIES)}, got {invalid!r}")
     if config is None and getattr(getattr(segmenter, "method", None), "name", "early-grounding") == "early-grounding":
         config = segmenter.config
     records_path = Path(records_path)
@@ -305,6 +322,10 @@ def evaluate(
         compare_settings(settings, header["settings"], str(records_path))
     done = {r["id"] for r in records}
     todo = [s for s in selection if s.sample_id not in done]
+    problems = segmenter.expression_problems([s.expression for s in todo], config) if todo else {}
+    rejected = [s for s in todo if s.expression in problems]
+    if rejected and invalid == "refuse":
+        raise EvaluationError(refusal_message([(s, problems[s.expression]) for s in rejected], len(todo)))
     mask_dir = records_path.parent / "masks"
     started = time.perf_counter()
 
@@ -315,8 +336,17 @@ def evaluate(
         if header is None:
             write_line(handle, {"format": RECORDS_FORMAT, "settings": settings})
             handle.flush()
-        for _, group in group_by_image(todo):
-            new = _evaluate_image(segmenter, group, config, save_masks, mask_dir, records_path.parent)
+        if rejected:
+            new = [failed_record(s, problems[s.expression]) for s in rejected]
+            for record in new:
+                write_line(handle, record)
+            handle.flush()
+            os.fsync(handle.fileno())
+            records.extend(new)
+            bar.update(len(new))
+        runnable = [s for s in todo if s.expression not in problems]
+        for _, group in group_by_image(runnable):
+            new = _evaluate_image_or_record(segmenter, group, config, save_masks, mask_dir, records_path.parent, invalid)
             for record in new:
                 write_line(handle, record)
             handle.flush()
@@ -325,18 +355,35 @@ def evaluate(
             bar.update(len(group))
 
     recorded = {r["id"] for r in records}
+    selected_ids = {s.sample_id for s in selection}
+    counted = [r for r in records if r["id"] in selected_ids]
     run = {
         "records": [str(records_path)],
         "selected": len(selection),
         "dataset_size": len(samples),
         "evaluated_now": len(todo),
-        "resumed_from": len(done),
+        "resumed_from": len(selection) - len(todo),
+        "records_in_file": len(records),
+        "outside_selection": len(records) - len(counted),
         "complete": all(s.sample_id in recorded for s in selection),
         "wall_s": time.perf_counter() - started,
     }
-    summary = summarize(settings, records, run)
+    summary = summarize(settings, counted, run)
     write_summary(summary, sibling_path(records_path, "summary", ".json"), sibling_path(records_path, "table", ".md"))
     return summary
+
+
+def _evaluate_image_or_record(
+    segmenter: "Segmenter",
+    group: list[ReferringSample],
+    config: MethodConfig,
+    save_masks: str | None,
+    mask_dir: Path,
+    base: Path,
+    invalid: str,
+) -> list[dict[str, Any]]:
+    """:func:`_evaluate_image`; with ``invalid="record"``, samples the model refuses become failed records."""
+    return evaluate_or_record(lambda samples: _evaluate_image(segmenter, samples, config, save_masks, mask_dir, base), group, invalid)
 
 
 def _evaluate_image(

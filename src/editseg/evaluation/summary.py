@@ -27,8 +27,9 @@ def summarize(
     """The summary of ``records`` (metrics in percent; ``None`` where undefined).
 
     Keys: ``format``, ``settings`` (without ``shard``), ``benchmark``, ``num_samples``, ``metrics``
-    (:meth:`MetricAccumulator.summary` with ``percent=True``) and ``run`` (paths, mean timings and
-    bookkeeping; the only part that may differ between equal evaluations).
+    (:meth:`MetricAccumulator.summary` with ``percent=True``), ``failed`` (``count`` and ``samples``:
+    id and reason of each sample recorded as failed, already counted in the metrics as IoU 0) and
+    ``run`` (paths, mean timings and bookkeeping; the only part that may differ between equal evaluations).
     """
     accumulator = MetricAccumulator()
     for record in records:
@@ -42,6 +43,7 @@ def summarize(
         except ValueError as error:
             raise EvaluationError(f"record {record.get('id')!r}: {error}") from None
     metrics = {k: _finite(v) for k, v in accumulator.summary(percent=True).items()}
+    failed = [{"id": r["id"], "reason": r["failed"]} for r in records if r.get("failed")]
     timing_keys = sorted({k for r in records for k in (r.get("timings") or {})})
     mean_timings = {
         k: math.fsum(r["timings"][k] for r in records if k in (r.get("timings") or {}))
@@ -54,6 +56,7 @@ def summarize(
         "benchmark": list(settings.get("benchmark") or [settings.get("dataset", ""), settings.get("split", "")]),
         "num_samples": len(records),
         "metrics": metrics,
+        "failed": {"count": len(failed), "samples": failed},
         "run": {**(run or {}), "mean_timings": mean_timings},
     }
 

@@ -23,6 +23,7 @@ from ..backbones.base import RANDOM_WEIGHTS_NOTICE, Backbone, EncodedText, Prepa
 from ..config import MethodConfig
 from ..errors import ConfigError, ExpressionError
 from ..geometry import ImageGeometry
+from ..images import validate_max_side
 from ..probing.recorder import FEATURE_SITES, ProbePlan, ProbeRecorder, TokenLayout
 from ..results import SegmentationResult
 from ..text import PromptTokens, make_instruction, normalize_expression
@@ -103,11 +104,15 @@ def ground(
 
 
 def masks_at_input(maps: GroundingMaps, geometry: ImageGeometry, config: MethodConfig) -> torch.Tensor:
-    """Binary masks (batch, H, W) at the input resolution for the configured mode."""
+    """Binary masks (batch, H, W) at the input resolution for the configured mode.
+
+    Upsampled one map at a time, so the float temporary is one (H, W) map, not a batch of them.
+    """
     if config.mode == "full":
-        return geometry.to_input(maps.score) > 0
-    chosen = maps.cam if config.mode == "cam" else maps.ram
-    return geometry.to_input(chosen) > config.map_threshold
+        chosen, threshold = maps.score, 0.0
+    else:
+        chosen, threshold = (maps.cam if config.mode == "cam" else maps.ram), config.map_threshold
+    return torch.cat([geometry.to_input(chosen[i : i + 1]) > threshold for i in range(chosen.shape[0])])
 
 
 # -- the method ------------------------------------------------------------------------------------
@@ -163,13 +168,13 @@ class EarlyGroundingMethod(Method):
         layout_override: LayoutOverride | None = None,
         prompt_indices: PromptIndices | None = None,
     ):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size!r}.")
         self.backbone = backbone
         self.config = config or MethodConfig()
         self.batch_size = batch_size
         self.instruction_refiner = instruction_refiner
-        self.max_side = max_side
+        self.max_side = validate_max_side(max_side)
         self.layout_override = layout_override
         self.prompt_indices = prompt_indices
         self.sam = None  # a SamComponent for config.refine == "sam" (editseg's extension)
@@ -242,6 +247,30 @@ class EarlyGroundingMethod(Method):
         """The refined instruction and the refiner's identity, when an MLLM refiner is in use."""
         record_for = getattr(self.instruction_refiner, "record_for", None)
         return record_for(expression) if record_for is not None else {}
+
+    def expression_problems(self, expressions: Sequence[str], config: MethodConfig | None = None) -> dict[str, str]:
+        """The text checks of :meth:`Method.expression_problems`, plus, where the backbone can count
+        tokens from its tokenizer alone, instructions over the text encoder's limit. Cheap enough
+        for every sample of a dataset (no encoder, no forward)."""
+        problems = super().expression_problems(expressions)
+        usable: dict[str, str] = {}
+        for expression in dict.fromkeys(expressions):
+            if expression in problems:
+                continue
+            try:
+                usable[expression] = self.instruction_for(normalize_expression(expression), config)
+            except (ExpressionError, ConfigError) as error:
+                problems[expression] = str(error)
+        counted = self.backbone.text_token_counts(list(usable.values())) if usable else None
+        if counted is not None:
+            counts, limit = counted
+            for expression, count in zip(usable, counts):
+                if count > limit:
+                    problems[expression] = (
+                        f"Expression too long: its instruction needs {count} text tokens, "
+                        f"{self.backbone.name} reads at most {limit}."
+                    )
+        return problems
 
     def resolved(self, config: MethodConfig | None = None) -> MethodConfig:
         """``config`` (default: this method's) checked against the backbone, defaults filled in."""
