@@ -130,10 +130,10 @@ class FlowBackbone(ABC):
         self.denoiser.add_adapter(config)
 
     def lora_state_dict(self, denoiser: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-        from diffusers.utils import convert_state_dict_to_diffusers
+        """peft's LoRA keys (``…to_q.lora_A.weight``), as diffusers' training scripts save transformer LoRAs."""
         from peft.utils import get_peft_model_state_dict
 
-        return convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser or self.denoiser))
+        return get_peft_model_state_dict(denoiser or self.denoiser)
 
     def save_lora(self, folder: str | Path, extra: dict[str, Any] | None = None,
                   denoiser: torch.nn.Module | None = None) -> Path:
@@ -170,13 +170,15 @@ class FlowBackbone(ABC):
         state = {k[len(prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
         if not state:
             raise ModelNotFoundError(f"{path} holds no '{self.lora_prefix}' LoRA weights for this {self.kind} backbone.")
-        rank = meta.get("r") or next(v.shape[0] for k, v in state.items() if "lora_A" in k)
+        rank = meta.get("r") or next(v.shape[0] for k, v in state.items() if "lora_A" in k or "lora.down" in k)
         targets = meta.get("target_modules") or list(self.lora_targets)
         self.freeze()
         self.denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=meta.get("lora_alpha", rank), target_modules=targets))
-        peft_state = {k.replace("lora_A.weight", "lora_A.default.weight").replace("lora_B.weight", "lora_B.default.weight"): v
-                      for k, v in state.items()}
-        result = set_peft_model_state_dict(self.denoiser, peft_state, adapter_name="default")
+        if any(".lora.down." in k or ".lora.up." in k for k in state):  # older diffusers key names
+            from diffusers.utils import convert_unet_state_dict_to_peft
+
+            state = convert_unet_state_dict_to_peft(state)
+        result = set_peft_model_state_dict(self.denoiser, state, adapter_name="default")
         unexpected = getattr(result, "unexpected_keys", None) or []
         if unexpected:
             raise ModelNotFoundError(f"{path} does not fit this {self.kind} denoiser ({len(unexpected)} unknown keys, "
