@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = ("editseg.evaluation.commands", "editseg.toy.commands")
+COMMAND_MODULES = ("editseg.evaluation.commands", "editseg.toy.commands", "editseg.train.commands")
 
 
 def _command_modules():

@@ -39,6 +39,14 @@ KLEIN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_p
                       "to_qkv_mlp_proj")
 
 
+def require_peft() -> None:
+    """Raise a clear error when peft (needed for LoRA training and loading) is missing."""
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ModelNotFoundError("RLFseg needs peft for its LoRA: pip install 'editseg[train]' (or pip install peft).") from None
+
+
 def image_to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
     """RGB image → (3, r, r) float in [-1, 1], resized (not cropped) to the square training resolution."""
     image = image.convert("RGB")
@@ -122,6 +130,7 @@ class FlowBackbone(ABC):
     def add_lora(self, rank: int = 64, alpha: float | None = None, dropout: float = 0.0,
                  targets: Sequence[str] | None = None, init: bool | str = True) -> None:
         """Freeze the base and add a peft LoRA adapter (``alpha`` defaults to ``rank``: scale 1)."""
+        require_peft()
         from peft import LoraConfig
 
         self.freeze()
@@ -135,54 +144,46 @@ class FlowBackbone(ABC):
 
         return get_peft_model_state_dict(denoiser or self.denoiser)
 
+    @staticmethod
+    def pipeline_class():
+        """The diffusers pipeline class whose LoRA loader reads this backbone's LoRA files."""
+        raise NotImplementedError
+
     def save_lora(self, folder: str | Path, extra: dict[str, Any] | None = None,
                   denoiser: torch.nn.Module | None = None) -> Path:
-        """Write ``pytorch_lora_weights.safetensors`` (diffusers format) and ``rlfseg_config.json``."""
-        from safetensors.torch import save_file
-
+        """Write ``pytorch_lora_weights.safetensors`` with diffusers' own ``save_lora_weights`` (the file
+        ``pipe.load_lora_weights`` reads, LoRA config in its metadata) and ``rlfseg_config.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {f"{self.lora_prefix}.{k}": v.detach().to("cpu").contiguous() for k, v in self.lora_state_dict(denoiser).items()}
-        peft_config = (denoiser or self.denoiser).peft_config["default"]
-        metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(
-            {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
-             "target_modules": sorted(peft_config.target_modules)})}
-        save_file(state, folder / LORA_WEIGHTS, metadata=metadata)
+        denoiser = denoiser or self.denoiser
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.lora_state_dict(denoiser).items()}
+        peft_config = denoiser.peft_config["default"]
+        self.pipeline_class().save_lora_weights(
+            folder, safe_serialization=True, weight_name=LORA_WEIGHTS,
+            **{f"{self.lora_prefix}_lora_layers": state, f"{self.lora_prefix}_lora_adapter_metadata": peft_config.to_dict()},
+        )
         record = {**self.config(), "rank": peft_config.r, "lora_alpha": peft_config.lora_alpha,
                   "target_modules": sorted(peft_config.target_modules), **(extra or {})}
         (folder / LORA_CONFIG).write_text(json.dumps(record, indent=2))
         return folder
 
     def load_lora(self, folder: str | Path) -> None:
-        """Load a LoRA saved by :meth:`save_lora` (or any diffusers LoRA of this denoiser)."""
-        from peft import LoraConfig, set_peft_model_state_dict
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(folder)
-        path = path / LORA_WEIGHTS if path.is_dir() else path
-        if not path.is_file():
-            raise ModelNotFoundError(f"No LoRA weights at {path}: pass the folder written by `editseg train rlfseg` "
-                                     f"(it holds {LORA_WEIGHTS} and {LORA_CONFIG}).")
-        with safe_open(str(path), "pt") as handle:
-            meta = json.loads((handle.metadata() or {}).get("lora_adapter_metadata", "{}"))
-        prefix = f"{self.lora_prefix}."
-        state = {k[len(prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
-        if not state:
-            raise ModelNotFoundError(f"{path} holds no '{self.lora_prefix}' LoRA weights for this {self.kind} backbone.")
-        rank = meta.get("r") or next(v.shape[0] for k, v in state.items() if "lora_A" in k or "lora.down" in k)
-        targets = meta.get("target_modules") or list(self.lora_targets)
+        """Load a LoRA saved by :meth:`save_lora` (or any diffusers LoRA of this denoiser) with
+        diffusers' ``load_lora_adapter``; the base weights stay frozen."""
+        require_peft()
+        path = Path(folder).expanduser()
+        directory, weight = (path, LORA_WEIGHTS) if path.is_dir() else (path.parent, path.name)
+        if not (directory / weight).is_file():
+            raise ModelNotFoundError(f"No LoRA weights at {directory / weight}: pass the folder written by "
+                                     f"`editseg train rlfseg` (it holds {LORA_WEIGHTS} and {LORA_CONFIG}).")
         self.freeze()
-        self.denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=meta.get("lora_alpha", rank), target_modules=targets))
-        if any(".lora.down." in k or ".lora.up." in k for k in state):  # older diffusers key names
-            from diffusers.utils import convert_unet_state_dict_to_peft
-
-            state = convert_unet_state_dict_to_peft(state)
-        result = set_peft_model_state_dict(self.denoiser, state, adapter_name="default")
-        unexpected = getattr(result, "unexpected_keys", None) or []
-        if unexpected:
-            raise ModelNotFoundError(f"{path} does not fit this {self.kind} denoiser ({len(unexpected)} unknown keys, "
-                                     f"e.g. {unexpected[0]}): was it trained on another base model?")
+        before = {n for n, _ in self.denoiser.named_parameters()}
+        self.denoiser.load_lora_adapter(str(directory), prefix=self.lora_prefix, weight_name=weight, adapter_name="default")
+        added = {n for n, _ in self.denoiser.named_parameters()} - before
+        if not added:
+            raise ModelNotFoundError(f"{directory / weight} holds no '{self.lora_prefix}' LoRA weights that fit this "
+                                     f"{self.kind} denoiser: was it trained on another base model?")
+        self.freeze()
 
 
 class SD15Flow(FlowBackbone):
@@ -191,6 +192,12 @@ class SD15Flow(FlowBackbone):
     kind = "sd15"
     lora_targets = SD15_LORA_TARGETS
     lora_prefix = "unet"
+
+    @staticmethod
+    def pipeline_class():
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline
 
     def __init__(self, unet, vae, text_encoder, tokenizer, name: str = SD15_ID, resolution: int = 512):
         self.denoiser, self.vae, self.text_encoder, self.tokenizer = unet, vae.eval(), text_encoder.eval(), tokenizer
@@ -202,7 +209,7 @@ class SD15Flow(FlowBackbone):
         if model == TINY_SD15:
             from ..backbones.tiny_sd15 import build_tiny_sd15
 
-            flow = cls(*build_tiny_sd15(), name=TINY_SD15, resolution=min(resolution, 64))
+            flow = cls(*build_tiny_sd15(), name=TINY_SD15, resolution=min(resolution, 32))
         else:
             from diffusers import AutoencoderKL, UNet2DConditionModel
             from transformers import CLIPTextModel, CLIPTokenizer
@@ -254,6 +261,12 @@ class KleinFlow(FlowBackbone):
     kind = "flux2-klein"
     lora_targets = KLEIN_LORA_TARGETS
     lora_prefix = "transformer"
+
+    @staticmethod
+    def pipeline_class():
+        from diffusers import Flux2KleinPipeline
+
+        return Flux2KleinPipeline
 
     def __init__(self, backbone, resolution: int, reference: bool = True, prompt_template: str = "{expression}"):
         self.backbone = backbone

@@ -56,6 +56,8 @@ class RLFsegTrainConfig:
     val_every: int = 500
     checkpoint_every: int = 500
     world_seed: int = 0  # shapes source only
+    minutes: float | None = None  # wall-clock budget per invocation (checkpoint + LoRA saved when it ends)
+    threads: int | None = None  # torch CPU threads
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -136,6 +136,8 @@ def train(config: RLFsegTrainConfig, out: str | Path, *, progress: bool = True, 
     out = Path(out)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation)
     out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     if flow is None:
         options = {} if _is_sd(config.model) else {"reference": config.reference, "prompt_template": config.prompt_template}
@@ -199,6 +201,8 @@ def train(config: RLFsegTrainConfig, out: str | Path, *, progress: bool = True, 
     log = log_path.open("a") if accelerator.is_main_process else None
     try:
         for batch in loader:
+            if config.minutes is not None and time.time() - start > config.minutes * 60:
+                break
             model.train()
             with accelerator.accumulate(model):
                 t = time_draw(step, len(batch["index"]), config.seed, process)
