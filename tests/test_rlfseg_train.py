@@ -112,6 +112,11 @@ def test_cli_trains_and_the_method_predicts(tmp_path, capsys):
     results = method.predict(["the red square", "a blue circle"])
     assert [r.expression for r in results] == ["the red square", "a blue circle"]
     assert results[0].mask.shape == (30, 50) and results[0].mask.dtype == bool
+    capsys.readouterr()
+    assert main(["train", "rlfseg-eval", "--lora", str(out / "lora"), "--n", "2", "--samplers", "one-step,hss", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["sampler"], r["n"]) for r in rows] == [("one-step", 2), ("hss", 2)]
+    assert all(0.0 <= r["miou"] <= 1.0 for r in rows)
 
 
 def test_missing_data_gives_clear_errors(tmp_path):

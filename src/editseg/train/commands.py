@@ -59,9 +59,14 @@ def register(subparsers: Any) -> None:
             rlfseg.add_argument(flag, dest=field.name, type=_option_type(hints[field.name]), default=field.default,
                                 help=f"{help_text} (default {field.default})".strip())
 
-    evaluate = actions.add_parser("rlfseg-eval", help="score an RLFseg LoRA on the shapes benchmark (Table 5 rows)")
+    evaluate = actions.add_parser("rlfseg-eval", help="score an RLFseg LoRA per sampler (Table 5's AOS rows, Table 9)")
     evaluate.add_argument("--lora", required=True, help="LoRA folder written by `editseg train rlfseg`")
-    evaluate.add_argument("--n", type=int, default=200, help="benchmark samples (default 200)")
+    evaluate.add_argument("--model", default=None, help="base model (default: the one in the LoRA's rlfseg_config.json)")
+    evaluate.add_argument("--source", default="shapes", help="shapes (benchmark), phrasecut, refcoco, refcoco+, refcocog, manifest")
+    evaluate.add_argument("--data-root", default=None, help="dataset folder or manifest file")
+    evaluate.add_argument("--split", default="val", help="split (default val; PhraseCut test, RefCOCO testA/testB, ...)")
+    evaluate.add_argument("--n", type=int, default=200, help="samples, 0 = all (default 200)")
+    evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--samplers", default="one-step,aos", help="comma-separated samplers (default one-step,aos)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
 
@@ -86,15 +91,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .rlfseg.evaluate import score_on_shapes
+    from .rlfseg.evaluate import score
 
-    rows = [score_on_shapes(args.lora, args.n, sampler) for sampler in args.samplers.split(",")]
+    rows = [score(args.lora, args.source, args.n, sampler, data_root=args.data_root, split=args.split, device=args.device,
+                  model=args.model) for sampler in args.samplers.split(",")]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print("| sampler | n | mIoU | oIoU |\n|---|---|---|---|")
+        print("| source | split | sampler | n | mIoU | oIoU |\n|---|---|---|---|---|---|")
         for row in rows:
-            print(f"| {row['sampler']} | {row['n']} | {row['miou']:.3f} | {row['oiou']:.3f} |")
+            print(f"| {row['source']} | {row['split']} | {row['sampler']} | {row['n']} | {row['miou']:.3f} | {row['oiou']:.3f} |")
     return 0
 
 

@@ -239,6 +239,11 @@ def train(config: RLFsegTrainConfig, out: str | Path, *, progress: bool = True, 
         bar.close()
         if log is not None:
             log.close()
+    if config.val_every and step % config.val_every and accelerator.is_main_process:  # a budget ended the run
+        record = {"step": step, "val_miou": round(validation_miou(flow, val_dataset, config.val_sampler, config.aos_epsilon), 4),
+                  "elapsed_s": round(elapsed_before + time.time() - start, 1), "final": True}
+        with log_path.open("a") as final_log:
+            final_log.write(json.dumps(record) + "\n")
     save_checkpoint()
     lora_dir = out / "lora"
     if accelerator.is_main_process:
