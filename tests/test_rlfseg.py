@@ -255,8 +255,31 @@ def test_lora_file_is_readable_by_diffusers_pipeline_loader(sd15, tmp_path):
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_load_lora_errors(sd15, tmp_path):
+def test_load_lora_errors_and_base_mismatch_warning(sd15, tmp_path):
+    import warnings
+
+    from editseg.backbones.tiny_sd15 import build_tiny_sd15
     from editseg.errors import ModelNotFoundError
+    from editseg.methods.rlfseg_models import SD15Flow
 
     with pytest.raises(ModelNotFoundError, match="No LoRA weights"):
         sd15.load_lora(tmp_path)
+    trained = SD15Flow(*build_tiny_sd15(seed=0), resolution=32)
+    trained.add_lora(rank=2)
+    trained.save_lora(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SD15Flow(*build_tiny_sd15(seed=0), resolution=32).load_lora(tmp_path)  # same base: silent
+    with pytest.warns(UserWarning, match="other .* weights"):
+        SD15Flow(*build_tiny_sd15(seed=1), resolution=32).load_lora(tmp_path)
+
+
+def test_rds_with_the_sam_component(tmp_path):
+    """Algorithm 1 through the real SAM component (tiny random SamModel): the protocol fits."""
+    sam_module = pytest.importorskip("editseg.components.sam")
+    from editseg.data.shapes import ShapesWorld
+
+    sam = sam_module.SamComponent.from_pretrained("tiny-random-sam", device="cpu")
+    sample = ShapesWorld(seed=0).sample("train", 0)
+    refined, iterations = rds.refine_mask(sam, sample.image, sample.mask, rds.RefineConfig(max_iterations=3))
+    assert refined.shape == sample.mask.shape and refined.dtype == bool and 1 <= iterations <= 3

@@ -19,6 +19,7 @@ LoRA weights are saved in the diffusers/peft format (``pytorch_lora_weights.safe
 from __future__ import annotations
 
 import json
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
@@ -126,6 +127,12 @@ class FlowBackbone(ABC):
         return {"backbone": self.kind, "model": self.name, "resolution": self.resolution,
                 "prompt_template": self.prompt_template}
 
+    def base_fingerprint(self) -> float:
+        """A cheap checksum of the denoiser's base (non-LoRA) weights, the sum of their magnitudes
+        (stable across devices and dtypes to ~1e-4): a LoRA only fits the weights it was trained on."""
+        with torch.no_grad():
+            return float(sum(float(p.double().abs().sum()) for n, p in self.denoiser.named_parameters() if "lora_" not in n))
+
     # -- LoRA --------------------------------------------------------------------------------
     def add_lora(self, rank: int = 64, alpha: float | None = None, dropout: float = 0.0,
                  targets: Sequence[str] | None = None, init: bool | str = True) -> None:
@@ -162,17 +169,23 @@ class FlowBackbone(ABC):
             folder, safe_serialization=True, weight_name=LORA_WEIGHTS,
             **{f"{self.lora_prefix}_lora_layers": state, f"{self.lora_prefix}_lora_adapter_metadata": peft_config.to_dict()},
         )
-        record = {**self.config(), "rank": peft_config.r, "lora_alpha": peft_config.lora_alpha,
+        record = {**self.config(), "base_fingerprint": self.base_fingerprint(), "rank": peft_config.r, "lora_alpha": peft_config.lora_alpha,
                   "target_modules": sorted(peft_config.target_modules), **(extra or {})}
         (folder / LORA_CONFIG).write_text(json.dumps(record, indent=2))
         return folder
 
     def load_lora(self, folder: str | Path) -> None:
         """Load a LoRA saved by :meth:`save_lora` (or any diffusers LoRA of this denoiser) with
-        diffusers' ``load_lora_adapter``; the base weights stay frozen."""
+        diffusers' ``load_lora_adapter``; the base weights stay frozen. Warns when the LoRA was
+        trained on other base weights (``base_fingerprint`` in ``rlfseg_config.json``)."""
         require_peft()
         path = Path(folder).expanduser()
         directory, weight = (path, LORA_WEIGHTS) if path.is_dir() else (path.parent, path.name)
+        record = directory / LORA_CONFIG
+        expected = json.loads(record.read_text()).get("base_fingerprint") if record.is_file() else None
+        if isinstance(expected, (int, float)) and abs(self.base_fingerprint() - expected) > 1e-3 * abs(expected):
+            warnings.warn(f"The LoRA in {directory} was trained on other {self.name} weights than these "
+                          "(base_fingerprint differs): retrain it on this version of the model.", stacklevel=2)
         if not (directory / weight).is_file():
             raise ModelNotFoundError(f"No LoRA weights at {directory / weight}: pass the folder written by "
                                      f"`editseg train rlfseg` (it holds {LORA_WEIGHTS} and {LORA_CONFIG}).")
