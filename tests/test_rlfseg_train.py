@@ -98,7 +98,7 @@ def test_step_indices_are_epoch_permutations_split_across_processes():
 
 
 def test_cli_trains_and_the_method_predicts(tmp_path, capsys):
-    from editseg.cli import main
+    from editseg.cli.main import main
     from editseg.methods.rlfseg import RLFseg
 
     out = tmp_path / "run"

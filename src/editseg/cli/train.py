@@ -38,7 +38,7 @@ def _option_type(annotation: Any):
 
 def register(subparsers: Any) -> None:
     """Add ``train`` with the ``rlfseg`` and ``rlfseg-eval`` sub-commands."""
-    from .rlfseg.config import RLFsegTrainConfig
+    from ..train.rlfseg.config import RLFsegTrainConfig
 
     train = subparsers.add_parser("train", help="train a method that learns (RLFseg)")
     actions = train.add_subparsers(dest="train_command")
@@ -81,8 +81,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .rlfseg.config import RLFsegTrainConfig
-    from .rlfseg.trainer import train
+    from ..train.rlfseg.config import RLFsegTrainConfig
+    from ..train.rlfseg.trainer import train
 
     config = RLFsegTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RLFsegTrainConfig)})
     lora = train(config, args.out, progress=not args.no_progress)
@@ -91,7 +91,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .rlfseg.evaluate import score
+    from ..train.rlfseg.evaluate import score
 
     rows = [score(args.lora, args.source, args.n, sampler, data_root=args.data_root, split=args.split, device=args.device,
                   model=args.model) for sampler in args.samplers.split(",")]
