@@ -42,10 +42,10 @@ KLEIN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_p
 
 def require_peft() -> None:
     """Raise a clear error when peft (needed for LoRA training and loading) is missing."""
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        raise ModelNotFoundError("RLFseg needs peft for its LoRA: pip install 'editseg[train]' (or pip install peft).") from None
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise ModelNotFoundError("RLFseg needs peft for its LoRA: pip install 'editseg[train]' (or pip install peft).")
 
 
 def image_to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
