@@ -85,6 +85,9 @@ def test_rds_training_selects_per_sample(tmp_path):
     train(config, tmp_path, progress=False, sam=SquareSam(), on_log=records.append)
     assert all(0.0 <= r["rds_original_fraction"] <= 1.0 for r in records)
     assert len(list((tmp_path / "refined-labels").glob("*.png"))) == 4  # cached once per training sample
+    folder = train(_config("tiny-random-sd15", rds=True, refine_only=True, refined_dir=str(tmp_path / "r2")),
+                   tmp_path / "refine", progress=False, sam=SquareSam())
+    assert len(list(folder.glob("*.png"))) == 4 and not (tmp_path / "refine" / "lora").exists()
 
 
 def test_step_indices_are_epoch_permutations_split_across_processes():

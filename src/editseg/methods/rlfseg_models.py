@@ -294,7 +294,7 @@ class KleinFlow(FlowBackbone):
                         prompt_template: str | None = None) -> "KleinFlow":
         from ..backbones import TOY_SHAPES, load_backbone
 
-        backbone = load_backbone(model, device=device or "cpu", dtype=dtype or torch.float32)
+        backbone = load_backbone(model, device=device, dtype=dtype)  # default: bf16 on CUDA, float32 elsewhere
         is_toy = model == TOY_SHAPES
         resolution = resolution or (64 if is_toy or backbone.is_random else 512)
         # The toy editor's text encoder knows only its grammar and "remove ..." instructions.
@@ -358,6 +358,7 @@ def load_flow_backbone(model: str, device=None, dtype: torch.dtype | None = None
                        **options) -> FlowBackbone:
     """SD 1.5 (``sd15``, a hub id/folder holding ``unet/``, or ``tiny-random-sd15``) or a FLUX.2 klein
     model (``toy-shapes``, ``flux2-klein-4b``, ``tiny-random-flux2``, a folder/hub id)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if is_sd15(model):
         return SD15Flow.from_pretrained(model, device=device, dtype=dtype, resolution=resolution or 512)
     return KleinFlow.from_pretrained(model, device=device, dtype=dtype, resolution=resolution, **options)

@@ -43,6 +43,8 @@ class RLFsegTrainConfig:
     gradient_accumulation: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate)
     num_workers: int = 0
+    gradient_checkpointing: bool = False
+    refine_only: bool = False  # RDS: compute the SAM-refined labels of the training set (sharded over processes), then stop
     rds: bool = False
     sam: str = "facebook/sam-vit-huge"
     refined_dir: str | None = None  # default: <out>/refined-labels

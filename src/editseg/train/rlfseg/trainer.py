@@ -141,11 +141,15 @@ def train(config: RLFsegTrainConfig, out: str | Path, *, progress: bool = True, 
     torch.manual_seed(config.seed)
     if flow is None:
         options = {} if _is_sd(config.model) else {"reference": config.reference, "prompt_template": config.prompt_template}
-        flow = load_flow_backbone(config.model, device=accelerator.device, resolution=config.resolution, **options)
+        # float32 weights: the LoRA is trained in float32, accelerate's --mixed-precision autocasts the forward
+        flow = load_flow_backbone(config.model, device=accelerator.device, dtype=torch.float32, resolution=config.resolution,
+                                  **options)
     elif config.prompt_template:
         flow.prompt_template = config.prompt_template
     torch.manual_seed(config.seed)
     flow.add_lora(config.rank, config.lora_alpha)
+    if config.gradient_checkpointing:
+        flow.denoiser.enable_gradient_checkpointing()
     params = [p for p in flow.denoiser.parameters() if p.requires_grad]
     processes, process = accelerator.num_processes, accelerator.process_index
     lr = config.lr * (config.batch_size * processes if config.scale_lr else 1)
@@ -160,6 +164,8 @@ def train(config: RLFsegTrainConfig, out: str | Path, *, progress: bool = True, 
         refined = RefinedLabels(sam if sam is not None else _make_sam(config, accelerator.device),
                                 config.refined_dir or out / "refined-labels", refine)
     dataset = FlowDataset(source, flow.resolution, refined)
+    if config.refine_only:
+        return _refine_all(dataset, accelerator, progress)
     val_dataset = FlowDataset(build_source(config, validation=True, image_size=flow.resolution), flow.resolution)
     steps_per_epoch = len(dataset) // (config.batch_size * processes)
     total = config.max_steps or config.epochs * steps_per_epoch
@@ -254,6 +260,20 @@ def train(config: RLFsegTrainConfig, out: str | Path, *, progress: bool = True, 
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return lora_dir
+
+
+def _refine_all(dataset: FlowDataset, accelerator, progress: bool) -> Path:
+    """Fill the refined-label cache for this process's share of the training set (index % processes)."""
+    from tqdm.auto import tqdm
+
+    if dataset.refined is None:
+        raise ValueError("--refine-only needs --rds (it computes the SAM-refined labels).")
+    mine = range(accelerator.process_index, len(dataset), accelerator.num_processes)
+    for index in tqdm(mine, disable=not (progress and accelerator.is_main_process), desc="refine labels"):
+        example = dataset.source[index]
+        dataset.refined.get(example.sample_id, example.image, example.mask)
+    accelerator.wait_for_everyone()
+    return dataset.refined.folder
 
 
 def _is_sd(model: str) -> bool:
