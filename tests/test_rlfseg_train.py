@@ -115,11 +115,30 @@ def test_cli_trains_and_the_method_predicts(tmp_path, capsys):
     results = method.predict(["the red square", "a blue circle"])
     assert [r.expression for r in results] == ["the red square", "a blue circle"]
     assert results[0].mask.shape == (30, 50) and results[0].mask.dtype == bool
+    assert results[0].method == "rlfseg" and results[0].maps["probability"].shape == (30, 50)
+    assert np.array_equal(results[0].mask, results[0].maps["probability"] > 0.5)
+
+    from editseg.api import Segmenter
+
+    segmenter = Segmenter.from_pretrained(method="rlfseg", lora=str(out / "lora"), device="cpu", sampler="one-step")
+    result = segmenter.segment(Image.new("RGB", (50, 30), (200, 10, 10)), "the red square")
+    assert result.method == "rlfseg" and result.config["sampler"] == "one-step" and result.mask.shape == (30, 50)
     capsys.readouterr()
     assert main(["train", "rlfseg-eval", "--lora", str(out / "lora"), "--n", "2", "--samplers", "one-step,hss", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["sampler"], r["n"]) for r in rows] == [("one-step", 2), ("hss", 2)]
     assert all(0.0 <= r["miou"] <= 1.0 for r in rows)
+
+
+def test_rlfseg_without_a_lora_says_what_to_do(monkeypatch, tmp_path):
+    from editseg.errors import ConfigError, ModelNotFoundError
+    from editseg.methods import rlfseg
+
+    with pytest.raises(ConfigError, match="--lora"):
+        rlfseg.RLFseg.from_pretrained("sd15")
+    monkeypatch.setattr(rlfseg, "TOY_LORA_DIR", tmp_path / "absent")
+    with pytest.raises(ModelNotFoundError, match="editseg train rlfseg"):
+        rlfseg.RLFseg.from_pretrained()
 
 
 def test_missing_data_gives_clear_errors(tmp_path):

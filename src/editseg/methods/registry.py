@@ -34,6 +34,12 @@ METHODS: dict[str, MethodSpec] = {
         "image-to-prompt attention of one probed first denoising step of an editing model, "
         "random-walk refined, then feature prototypes (He et al.)",
     ),
+    "rlfseg": MethodSpec(
+        "editseg.methods.rlfseg:RLFseg",
+        ("editing-dit",),
+        "trained reference: a LoRA maps the image latent to the mask latent by rectified flow, one adaptive step "
+        "(RLFseg); lora=PATH from `editseg train rlfseg` (toy-shapes: built in once shipped)",
+    ),
 }
 
 

@@ -17,11 +17,10 @@ probability in ``maps["probability"]`` (input resolution) and ``token_maps["prob
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,10 +31,8 @@ from ..errors import ConfigError, ModelNotFoundError
 from .rlfseg_flow import SAMPLERS, sample
 from .rlfseg_models import LORA_CONFIG, FlowBackbone, image_to_pixels, is_sd15, load_flow_backbone, pixels_to_probability
 
-try:  # the Method interface (TEAM.md) lands with the core restructure
-    from .base import Method
-except ImportError:  # pragma: no cover - until editseg.methods.base exists
-    Method = object  # type: ignore[assignment,misc]
+from ..results import SegmentationResult
+from .base import Method, memory_guard
 
 DEFAULT_MODEL = "toy-shapes"
 TOY_LORA_DIR = Path(__file__).resolve().parent.parent / "assets" / "rlfseg-toy-shapes"
@@ -59,19 +56,6 @@ def predict_probability(flow: FlowBackbone, pixels: torch.Tensor, expressions: S
 
         z0 = sample(z1, velocity, sampler, z_black=z_black, epsilon=epsilon, steps=steps)
         return pixels_to_probability(flow.decode_latents(z0))
-
-
-def _make_result(**values: Any):
-    """A ``SegmentationResult`` with the fields this version of editseg defines."""
-    try:
-        from ..results import SegmentationResult
-    except ImportError:  # pragma: no cover - before the core restructure
-        from ..api import SegmentationResult
-    names = {f.name for f in dataclasses.fields(SegmentationResult)}
-    if "maps" not in names:  # old result type: the probability fills the CAM/RAM slots
-        values.update(cam=values["maps"]["probability"], ram=values["maps"]["probability"],
-                      cam_tokens=values["token_maps"]["probability"], ram_tokens=values["token_maps"]["probability"])
-    return SegmentationResult(**{k: v for k, v in values.items() if k in names})
 
 
 class RLFseg(Method):
@@ -126,7 +110,7 @@ class RLFseg(Method):
         self._image = image.convert("RGB")
         self._pixels = image_to_pixels(self._image, self.flow.resolution)[None]
 
-    def predict(self, expressions: Sequence[str]) -> list:
+    def predict(self, expressions: Sequence[str]) -> list[SegmentationResult]:
         if self._image is None or self._pixels is None:
             raise ConfigError("No image: call set_image(image) first.")
         expressions = list(expressions)
@@ -136,8 +120,9 @@ class RLFseg(Method):
             with torch.no_grad():
                 self._z_black = self.flow.black_latent()
         start = time.perf_counter()
-        probability = predict_probability(self.flow, self._pixels, expressions, sampler=self.sampler,
-                                          epsilon=self.epsilon, steps=self.steps, z_black=self._z_black).float().cpu()
+        with memory_guard(self.flow.device):
+            probability = predict_probability(self.flow, self._pixels, expressions, sampler=self.sampler,
+                                              epsilon=self.epsilon, steps=self.steps, z_black=self._z_black).float().cpu()
         width, height = self._image.size
         full = F.interpolate(probability[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         elapsed = time.perf_counter() - start
@@ -146,10 +131,10 @@ class RLFseg(Method):
         results = []
         for expression, prob, small in zip(expressions, full.numpy(), probability.numpy()):
             prob = prob.astype(np.float32)
-            results.append(_make_result(
+            results.append(SegmentationResult(
                 expression=expression, instruction=self.flow.prompts([expression])[0], mask=prob > self.threshold,
                 method=self.name, maps={"probability": prob}, token_maps={"probability": small.astype(np.float32)},
-                prompt_token_indices=[], prompt_tokens=[], timings={"predict_s": elapsed / len(expressions)},
+                timings={"predict_s": elapsed / len(expressions)},
                 model=self.flow.name, config=config,
             ))
         return results
