@@ -1,4 +1,4 @@
-"""Command line: ``editseg segment | demo | models | eval ... | toy ...``.
+"""Command line: ``editseg segment | demo | models | eval ... | toy ... | train ...``.
 
 One module per command group, each with ``register(subparsers)`` and ``HANDLERS``; this module
 builds the parser from them and dispatches. Errors print a message, not a traceback (exit 2).
@@ -12,10 +12,10 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import EditsegError
-from . import bulk, demo, evaluation, models, segment, serve, shapes, toy
+from . import bulk, demo, evaluation, models, segment, serve, shapes, toy, train
 from .options import EPILOG, HelpParser
 
-COMMAND_GROUPS = (segment, demo, shapes, models, evaluation, toy, serve, bulk)
+COMMAND_GROUPS = (segment, demo, shapes, models, evaluation, toy, train, serve, bulk)
 
 
 def build_parser() -> argparse.ArgumentParser:

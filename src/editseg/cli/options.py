@@ -52,6 +52,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("model")
     group.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"segmentation method (default: {DEFAULT_METHOD})")
+    group.add_argument("--lora", default=None, help="rlfseg: LoRA folder written by `editseg train rlfseg` (its rlfseg_config.json names the base model)")
+    group.add_argument("--sampler", default="aos", choices=["one-step", "aos", "multi-step", "hss"],
+                       help="rlfseg: one step with adaptive rescaling (aos, the paper's), plain one step, Euler steps, or hybrid (default: aos)")
     group.add_argument("--model", default=None, help=f"model name, hub id or local folder (default: the method's; {DEFAULT_MODEL} for {DEFAULT_METHOD})")
     group.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE", help="a setting of a method other than early grounding, repeatable; VALUE is JSON where it parses (true, 750, 0.5, [\"a\"]), else text; e.g. --method refam --method-option inversion=true (RefAMConfig fields; Ref-Diff: RefDiffConfig fields or preset=...)")
     group.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
@@ -162,6 +165,8 @@ def segmenter_from_args(args: argparse.Namespace):
         if options:
             raise ConfigError("--method-option is for methods other than early-grounding (use its own flags).")
         options = {"config": config, "batch_size": args.batch_size, "max_side": args.max_side}
+    elif args.method == "rlfseg":
+        options = {**options, "lora": args.lora, "sampler": args.sampler}
     sam_model = getattr(args, "sam_model", None)
     components = {"sam": sam_model} if sam_model and (args.method != DEFAULT_METHOD or config.refine == "sam") else None
     if config.refine == "sam" and args.method == DEFAULT_METHOD:

@@ -47,6 +47,12 @@ METHODS: dict[str, MethodSpec] = {
         "filtering, argmax point -> SAM (Kukleva et al.)",
         "flux1-dev",
     ),
+    "rlfseg": MethodSpec(
+        "editseg.methods.rlfseg:RLFseg",
+        ("editing-dit",),
+        "trained reference: a LoRA maps the image latent to the mask latent by rectified flow, one adaptive step "
+        "(RLFseg); lora=PATH from `editseg train rlfseg` (toy-shapes: built in once shipped)",
+    ),
 }
 
 

@@ -1,0 +1,1 @@
+"""The training wing: methods that learn (RLFseg). Imports only the core."""
