@@ -30,6 +30,18 @@ def register(subparsers: Any) -> None:
     sizes = ToyConfig()
     train.add_argument("--double-blocks", type=int, default=sizes.double_blocks, help=f"double-stream blocks (default {sizes.double_blocks})")
     train.add_argument("--single-blocks", type=int, default=sizes.single_blocks, help=f"single-stream blocks (default {sizes.single_blocks})")
+    train.add_argument("--heads", type=int, default=sizes.heads, help=f"attention heads of 32 channels (default {sizes.heads})")
+    train.add_argument("--chat-template", choices=("minimal", "qwen"), default=sizes.chat_template,
+                       help=f"text template (default {sizes.chat_template}: the instruction's words alone)")
+    train.add_argument("--text-length", type=int, default=sizes.text_length, help=f"padded text length (default {sizes.text_length})")
+    train.add_argument("--t-sampling", choices=("logit-normal", "first-step"), default=defaults.t_sampling,
+                       help=f"timestep distribution (default {defaults.t_sampling})")
+    train.add_argument("--changed-weight", type=float, default=defaults.changed_weight,
+                       help=f"extra loss weight of edited tokens (default {defaults.changed_weight:g})")
+    train.add_argument("--world-tier", choices=("basic", "full"), default=defaults.world_tier,
+                       help=f"training world: a tier's geometry and expression kinds (default {defaults.world_tier})")
+    train.add_argument("--probe-every", type=int, default=defaults.probe_every, help="grounding probe period in steps (0: off)")
+    train.add_argument("--checkpoint-minutes", type=float, default=defaults.checkpoint_minutes)
     train.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (1 under CPU contention; 2 on an idle 2-core machine)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -61,7 +73,13 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         pool_size=args.pool_size,
         curriculum_steps=args.curriculum_steps,
-        model=ToyConfig(double_blocks=args.double_blocks, single_blocks=args.single_blocks),
+        model=ToyConfig(double_blocks=args.double_blocks, single_blocks=args.single_blocks, heads=args.heads,
+                        chat_template=args.chat_template, text_length=args.text_length),
+        t_sampling=args.t_sampling,
+        changed_weight=args.changed_weight,
+        world_tier=args.world_tier,
+        probe_every=args.probe_every,
+        checkpoint_minutes=args.checkpoint_minutes,
         threads=args.threads,
     )
     final = train(args.out, config, progress=not args.no_progress)

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from ..backbones.flux2 import Flux2KleinBackbone
-from ..data.shapes import GENERATOR_VERSION, ShapesWorld
+from ..data.shapes import GENERATOR_VERSION, TIERS, ShapesWorld, tier_world
 from .config import ToyConfig, TrainConfig
 from .model import build_toy_pipeline, parameter_counts, text_embeddings
 
@@ -156,14 +156,32 @@ def calibrate_latent_statistics(backbone: Flux2KleinBackbone, world: ShapesWorld
 
 
 def grounding_probe(backbone: Flux2KleinBackbone, samples) -> dict[str, float]:
-    """RAM/CAM point accuracy and full-method mIoU of the paper's defaults on ``samples``."""
+    """Observation only (never a loss): RAM/CAM point accuracy and full-method mIoU of the paper's
+    defaults on ``samples``, the same from the double-stream blocks alone, and the model's own
+    first-step edit accuracy (the referred object is the most changed one)."""
     from ..api import Segmenter
     from ..config import MethodConfig
-    from .evaluate import score
+    from .evaluate import edit_localisation, score
 
-    scores = score(Segmenter(backbone), samples, MethodConfig())
+    segmenter = Segmenter(backbone)
+    scores = score(segmenter, samples, MethodConfig())
+    double = score(segmenter, samples, MethodConfig(attention_blocks="double"))
+    edits = edit_localisation(backbone, samples)
     return {"ram_pa": round(scores.ram_point_accuracy, 3), "cam_pa": round(scores.cam_point_accuracy, 3),
-            "miou": round(scores.mIoU, 3)}
+            "miou": round(scores.mIoU, 3), "ram_pa_double": round(double.ram_point_accuracy, 3),
+            "cam_pa_double": round(double.cam_point_accuracy, 3), "miou_double": round(double.mIoU, 3),
+            "edit_acc": round(edits["object_accuracy"], 3), "edit_chance": round(edits["object_chance"], 3)}
+
+
+def sample_t(config: TrainConfig, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (sigma) of a batch and the mask of those at the first step (t = 1 exactly)."""
+    if config.t_sampling == "logit-normal":
+        t = torch.sigmoid(torch.randn(size, generator=generator))
+        return t, t > 0.999
+    if config.t_sampling == "first-step":
+        first = torch.rand(size, generator=generator) < config.p_first_step
+        return torch.where(first, torch.ones(size), torch.rand(size, generator=generator)), first
+    raise ValueError(f"t_sampling must be 'logit-normal' or 'first-step', got {config.t_sampling!r}")
 
 
 def velocity_loss(
@@ -204,7 +222,9 @@ def train(
     torch.set_flush_denormal(True)
     pipeline = build_toy_pipeline(config.model, seed=config.seed)
     backbone = Flux2KleinBackbone(pipeline, name="toy-shapes")
-    world = ShapesWorld(image_size=config.image_size, seed=config.world_seed, edit="remove")
+    if config.world_tier not in TIERS or config.probe_tier not in TIERS:
+        raise ValueError(f"world_tier/probe_tier must be one of {tuple(TIERS)}")
+    world = tier_world(config.world_tier, config.world_seed, config.image_size)
     calibrate_latent_statistics(backbone, world, config.calibration_samples)
     transformer = pipeline.transformer.train()
     embeddings = pipeline.text_encoder.model.embed_tokens.weight
@@ -226,15 +246,15 @@ def train(
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     data = ShapesLatents(backbone, world, config.pool_size)
-    attribute_world = ShapesWorld(image_size=config.image_size, seed=config.world_seed, edit="remove",
-                                  kind_weights=(1.0, 0.0, 0.0, 0.0))
-    attribute_data = ShapesLatents(backbone, attribute_world, config.pool_size)
-    val = ShapesLatents(backbone, ShapesWorld(image_size=config.image_size, seed=config.world_seed + 1), 0)
+    attribute_world = tier_world("basic", config.world_seed, config.image_size)
+    attribute_data = ShapesLatents(backbone, attribute_world, config.pool_size) if config.curriculum_steps else data
+    val_world = tier_world(config.probe_tier, config.world_seed + 1, config.image_size)
+    val = ShapesLatents(backbone, val_world, 0)
     val_world_indices = list(range(config.val_size))
     val_cache = {}
     noisy_ids, clean_ids = position_ids(backbone, config.image_size)
     text_len = backbone.max_sequence_length
-    probe_samples = ShapesWorld(image_size=config.image_size, seed=config.world_seed + 1).split("val", config.probe_size)
+    probe_samples = val_world.split("val", config.probe_size, start=10_000)
     start = time.time()
     last_checkpoint = start
     budget_s = config.minutes * 60
@@ -295,8 +315,7 @@ def train(
             g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             size = batch["target"].shape[0]
             noise = torch.randn(batch["target"].shape, generator=g)
-            first = torch.rand(size, generator=g) < config.p_first_step
-            t = torch.where(first, torch.ones(size), torch.rand(size, generator=g))
+            t, first = sample_t(config, size, g)
             embeds = text_embeddings(pipeline, batch["input_ids"])
             loss, per_sample = velocity_loss(transformer, batch, t, noise, embeds, noisy_ids, clean_ids, config.changed_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -311,6 +330,7 @@ def train(
                     "step": step,
                     "loss": round(loss.item(), 6),
                     "loss_t1": round(per_sample[first].mean().item(), 6) if first.any() else None,
+                    "loss_t_hi": round(per_sample[t > 0.8].mean().item(), 6) if (t > 0.8).any() else None,
                     "grad_norm": round(float(grad_norm), 4),
                     "lr": lr,
                     "schedule": "clock" if clock else "steps",
