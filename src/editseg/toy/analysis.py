@@ -85,9 +85,9 @@ def fsl_with_true_region(segmenter, samples: Sequence[ShapesSample], feature_blo
     ious = []
     for sample in samples:
         image = backbone.prepare_image(Image.fromarray(sample.image))
-        text = backbone.encode_text([sample.expression], [sample.instruction], image=image, align=False)
+        text = backbone.encode_text([sample.expression], [sample.instruction], image=image)
         plan = ProbePlan(layout=backbone.layout_for(image, text), prompt_mask=torch.zeros(1, text.text_len),
-                         attention_blocks=frozenset(), features={"attn": frozenset({block})})
+                         attention_blocks=frozenset({block}), features={"attn": frozenset({block})})
         recorder = backbone.probe_forward(image, text, plan)
         features = F.normalize(recorder.features[("attn", block)].float(), dim=-1)
         cover = token_coverage(sample.mask, image.geometry.grid)

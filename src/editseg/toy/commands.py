@@ -48,6 +48,8 @@ def register(subparsers: Any) -> None:
     evaluate = actions.add_parser("eval", help="score a model on the shapes benchmark through the Segmenter API")
     evaluate.add_argument("--model", default="toy-shapes", help="model name or pipeline folder (default toy-shapes)")
     evaluate.add_argument("--n", type=int, default=200, help="benchmark samples (default 200)")
+    evaluate.add_argument("--tier", choices=("basic", "full"), default="full", help="benchmark tier (default full)")
+    evaluate.add_argument("--world-seed", type=int, default=None, help="benchmark world seed (default: the fixed benchmark seed)")
     evaluate.add_argument("--ablation", action="store_true", help="also print the ablation table")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
 
@@ -94,10 +96,11 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate import ablation_configs, edit_localisation, load_segmenter, markdown_table, score
 
     torch.set_num_threads(1)
-    from ..data.shapes import shapes_benchmark
+    from ..data.shapes import BENCHMARK_SEED, shapes_benchmark
 
     segmenter = load_segmenter(args.model)
-    samples = shapes_benchmark(args.n)
+    seed = BENCHMARK_SEED if args.world_seed is None else args.world_seed
+    samples = shapes_benchmark(args.n, tier=args.tier, world_seed=seed)
     backbone = segmenter.backbone
     rows = ablation_configs(backbone.num_blocks, backbone.default_feature_block) if args.ablation else [
         (f"full (tau 0.8, block {backbone.default_feature_block}, expression tokens)", MethodConfig())
