@@ -34,12 +34,15 @@ def register(subparsers: Any) -> None:
     train.add_argument("--chat-template", choices=("minimal", "qwen"), default=sizes.chat_template,
                        help=f"text template (default {sizes.chat_template}: the instruction's words alone)")
     train.add_argument("--text-length", type=int, default=sizes.text_length, help=f"padded text length (default {sizes.text_length})")
-    train.add_argument("--t-sampling", choices=("logit-normal", "first-step"), default=defaults.t_sampling,
+    train.add_argument("--t-sampling", choices=("logit-normal", "first-step", "mixed"), default=defaults.t_sampling,
                        help=f"timestep distribution (default {defaults.t_sampling})")
     train.add_argument("--changed-weight", type=float, default=defaults.changed_weight,
                        help=f"extra loss weight of edited tokens (default {defaults.changed_weight:g})")
     train.add_argument("--world-tier", choices=("basic", "full"), default=defaults.world_tier,
                        help=f"training world: a tier's geometry and expression kinds (default {defaults.world_tier})")
+    train.add_argument("--p-first-step", type=float, default=defaults.p_first_step, help="share of t = 1 (first-step, mixed)")
+    train.add_argument("--init-from", default="", help="toy pipeline folder to start from (token projections adapted to the codec)")
+    train.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     train.add_argument("--probe-every", type=int, default=defaults.probe_every, help="grounding probe period in steps (0: off)")
     train.add_argument("--checkpoint-minutes", type=float, default=defaults.checkpoint_minutes)
     train.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (1 under CPU contention; 2 on an idle 2-core machine)")
@@ -78,6 +81,9 @@ def _train(args: argparse.Namespace) -> int:
         model=ToyConfig(double_blocks=args.double_blocks, single_blocks=args.single_blocks, heads=args.heads,
                         chat_template=args.chat_template, text_length=args.text_length),
         t_sampling=args.t_sampling,
+        p_first_step=args.p_first_step,
+        init_from=args.init_from,
+        warmup_steps=args.warmup_steps,
         changed_weight=args.changed_weight,
         world_tier=args.world_tier,
         probe_every=args.probe_every,

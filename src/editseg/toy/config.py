@@ -49,11 +49,13 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    t_sampling: str = "logit-normal"  # "logit-normal": t = sigmoid(N(0, 1)); "first-step": t = 1 w.p. p_first_step, else U(0, 1)
+    t_sampling: str = "logit-normal"  # "logit-normal": t = sigmoid(N(0, 1)); "first-step": t = 1 w.p. p_first_step,
+    # else U(0, 1); "mixed": t = 1 w.p. p_first_step, else logit-normal
     p_first_step: float = 0.8
     changed_weight: float = 0.0  # extra squared-error weight of tokens that touch the edited object
     pool_size: int = 12000
     curriculum_steps: int = 0  # first steps draw attribute-only expressions ("the small red circle")
+    init_from: str = ""  # a toy pipeline folder to start from (editseg.toy.warm_start); "" = random init
     world_tier: str = "basic"  # training world: a benchmark tier's geometry and kinds ("basic" or "full"), "train" split
     world_seed: int = 0
     image_size: int = 64

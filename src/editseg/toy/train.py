@@ -178,10 +178,14 @@ def sample_t(config: TrainConfig, size: int, generator: torch.Generator) -> tupl
     if config.t_sampling == "logit-normal":
         t = torch.sigmoid(torch.randn(size, generator=generator))
         return t, t > 0.999
-    if config.t_sampling == "first-step":
+    if config.t_sampling in ("first-step", "mixed"):
         first = torch.rand(size, generator=generator) < config.p_first_step
-        return torch.where(first, torch.ones(size), torch.rand(size, generator=generator)), first
-    raise ValueError(f"t_sampling must be 'logit-normal' or 'first-step', got {config.t_sampling!r}")
+        if config.t_sampling == "mixed":
+            other = torch.sigmoid(torch.randn(size, generator=generator))
+        else:
+            other = torch.rand(size, generator=generator)
+        return torch.where(first, torch.ones(size), other), first
+    raise ValueError(f"t_sampling must be 'logit-normal', 'first-step' or 'mixed', got {config.t_sampling!r}")
 
 
 def velocity_loss(
@@ -243,6 +247,10 @@ def train(
         pipeline.vae.load_state_dict(state["vae"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state["elapsed_s"]
+    elif config.init_from:
+        from .warm_start import warm_start
+
+        warm_start(pipeline, config.init_from)
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     data = ShapesLatents(backbone, world, config.pool_size)
