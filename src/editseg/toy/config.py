@@ -12,7 +12,7 @@ class ToyConfig:
 
     text_hidden: int = 64  # > the grammar's ~60 words: random embeddings are nearly orthogonal
     text_layers: int = 28
-    heads: int = 2  # width 64: half the step cost of width 128 at a 16x16 grid
+    heads: int = 4  # width 128 (v2's, so that v3 can start from it; width 64 halves the step cost)
     head_dim: int = 32
     double_blocks: int = 2
     single_blocks: int = 4
@@ -44,15 +44,15 @@ class TrainConfig:
     minutes: float = 55.0  # wall-clock budget: stop (and save) when spent, whatever the step
     seed: int = 0
     batch_size: int = 8
-    lr: float = 1e-3
-    warmup_steps: int = 150
+    lr: float = 5e-4
+    warmup_steps: int = 20
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    t_sampling: str = "logit-normal"  # "logit-normal": t = sigmoid(N(0, 1)); "first-step": t = 1 w.p. p_first_step,
+    t_sampling: str = "mixed"  # "logit-normal": t = sigmoid(N(0, 1)); "first-step": t = 1 w.p. p_first_step,
     # else U(0, 1); "mixed": t = 1 w.p. p_first_step, else logit-normal
-    p_first_step: float = 0.8
-    changed_weight: float = 0.0  # extra squared-error weight of tokens that touch the edited object
+    p_first_step: float = 0.5
+    changed_weight: float = 19.0  # extra squared-error weight of tokens that touch the edited object
     pool_size: int = 12000
     curriculum_steps: int = 0  # first steps draw attribute-only expressions ("the small red circle")
     init_from: str = ""  # a toy pipeline folder to start from (editseg.toy.warm_start); "" = random init

@@ -6,13 +6,16 @@ ids, the chat template padded with the pad token, and the joint sequence
 ``[text | noisy target tokens | clean source tokens]`` with timestep ``sigma``.
 
 Objective: ``x_t = (1 - t) x0 + t noise`` with ``x0`` the edited image's latents; the transformer
-predicts the velocity ``noise - x0`` on the noisy tokens. ``t = 1`` (the first denoising step,
-which editseg reads) is drawn with probability ``p_first_step``, otherwise ``t ~ U(0, 1)``.
+predicts the velocity ``noise - x0`` on the noisy tokens. ``t_sampling``: "mixed" (default) draws
+``t = 1`` (the first denoising step, which editseg reads) with probability ``p_first_step`` and
+otherwise ``t = sigmoid(N(0, 1))`` (logit-normal); "first-step" uses ``U(0, 1)`` instead of the
+logit-normal; "logit-normal" never forces ``t = 1``.
 Tokens covering the edited object get weight ``1 + changed_weight`` in the squared error.
-Curriculum: the first ``curriculum_steps`` steps draw attribute-only expressions ("the small red
-circle") from the same world; later steps draw all four expression kinds.
+World: the "train" split of the ``world_tier`` tier's world (its geometry and expression kinds).
+Curriculum (optional): the first ``curriculum_steps`` steps draw attribute-only expressions.
+``init_from`` starts from another toy pipeline (``editseg.toy.warm_start``; v3 starts from v2).
 
-The text stream is padded to the model's ``text_length`` (32 tokens, the tokenizer's
+The text stream is padded to the model's ``text_length`` (16 tokens, the tokenizer's
 ``model_max_length``, which ``Flux2KleinBackbone`` pads to at inference).
 Everything is seeded by (seed, step): a resumed run continues the same sequence.
 
