@@ -68,7 +68,7 @@ def inputs(model, side: int, text_len: int = 512):
 
 
 def plan_for(model, image_tokens: int, text_len: int, fused: bool = True):
-    from editseg.probes import ProbePlan, TokenLayout
+    from editseg.probing.recorder import ProbePlan, TokenLayout
 
     grid = int(image_tokens**0.5)
     layout = TokenLayout(text_len=text_len, noisy_len=image_tokens, clean_len=image_tokens, grid=(grid, grid))
@@ -80,7 +80,7 @@ def plan_for(model, image_tokens: int, text_len: int, fused: bool = True):
 
 def forward(model, kwargs, plan=None):
     from editseg.backbones.flux2 import probes_installed
-    from editseg.probes import ProbeRecorder
+    from editseg.probing.recorder import ProbeRecorder
 
     with torch.inference_mode():
         if plan is None:

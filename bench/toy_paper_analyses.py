@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             ("CAM only (map > 0.5)", base.replace(mode="cam")),
             ("RAM only (map > 0.5)", base.replace(mode="ram")),
         ])
-        with noisy_as_clean():
-            noisy = score_sweep(segmenter, samples, [("diagnostic: noisy-token rows read as the image", base)])
+        noisy = score_sweep(noisy_as_clean(segmenter), samples, [("diagnostic: noisy-token rows read as the image", base)])
         shifted = score_sweep(segmenter, samples, [("oracle: another sample's expression", base)],
                               expressions=shifted_expressions(samples))
         edit = edit_baseline(backbone, samples)

@@ -7,8 +7,7 @@ import json
 import pytest
 from test_eval_runner import scaled_refer_fixture
 
-from editseg import DEFAULT_MODEL
-from editseg.cli import main
+from editseg.cli.main import main
 from editseg.data.shapes import save_samples_as_manifest, shapes_benchmark
 from editseg.evaluation.runner import RECORDS_FORMAT, read_records
 
@@ -28,7 +27,7 @@ def shared_model(monkeypatch, tiny_backbone):
     """Serve every ``--model`` from the session's warm tiny random backbone (loading is tested elsewhere)."""
     import warnings
 
-    import editseg.cli as cli
+    import editseg.cli.main as cli
     from editseg import Segmenter
 
     def segmenter_from_args(args):
@@ -52,7 +51,7 @@ def test_eval_refcoco_writes_records_summary_table(refer_root, tmp_path, capsys,
             "--limit", "3", "--tau", "0.7", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "refcoco val: 3 samples  oIoU" in captured.out and shared_model == [DEFAULT_MODEL]
+    assert "refcoco val: 3 samples  oIoU" in captured.out and shared_model == [None]  # --model unset: the method picks its default (toy-shapes)
     header, records = read_records(out / "records.jsonl")
     assert header["settings"]["config"]["tau"] == 0.7 and len(records) == 3
     summary = json.loads((out / "summary.json").read_text())
@@ -166,7 +165,7 @@ def test_shard_auto_reads_the_launcher_environment():
 
     import pytest as _pytest
 
-    from editseg.evaluation.commands import resolve_launcher_shard
+    from editseg.cli.evaluation import resolve_launcher_shard
     from editseg.evaluation.runner import EvaluationError
 
     args = argparse.Namespace(shard="auto", device="cpu")

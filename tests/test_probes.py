@@ -12,7 +12,7 @@ import torch
 
 import diffusers.models.transformers.transformer_flux2 as flux2_module
 from editseg.backbones.flux2 import probes_installed
-from editseg.probes import ProbeRecorder, TokenLayout, clean_token_attention_statistics
+from editseg.probing.recorder import ProbeRecorder, TokenLayout, clean_token_attention_statistics
 from reference import attention_output, capture_dispatch, expression_plan, naive_maps
 
 

@@ -48,7 +48,7 @@ def warm_start(pipeline, source: str | Path) -> dict[str, int]:
     projections to ``pipeline``'s codec. Returns counts of copied and adapted tensors."""
     from diffusers import Flux2KleinPipeline
 
-    import editseg.toy.codec  # noqa: F401  (diffusers finds PixelCodec once imported)
+    import editseg.backbones.pixel_codec  # noqa: F401  (diffusers finds PixelCodec once imported)
 
     donor = Flux2KleinPipeline.from_pretrained(str(source))
     if donor.tokenizer.get_vocab() != pipeline.tokenizer.get_vocab():
