@@ -1,6 +1,6 @@
 """The learning curve of a toy training run: its grounding-probe rows as a Markdown table.
 
-    python bench/toy_learning_curve.py src/editseg/assets/toy-shapes/training/train_log.jsonl [more logs...]
+    python bench/toy_learning_curve.py W=src/editseg/assets/toy-shapes/training/train_log.jsonl [LABEL=LOG ...]
 
 Columns: step, training minutes, validation loss at t = 1, and the probe (an observation, never a
 loss): RAM/CAM point accuracy and full-method mIoU (all blocks and double-stream blocks only) and
@@ -23,13 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| run | step | minutes | val loss t=1 | RAM PA | CAM PA | mIoU | RAM PA double | CAM PA double | edit acc (chance) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
+        label, _, path = path.rpartition("=") if "=" in path else (path, "", path)
         val = None
         for r in rows(path):
             val = r.get("val_loss_t1", val)
             g = r.get("grounding")
             if not g:
                 continue
-            print(f"| {path.split('/')[-3] if path.count('/') > 2 else path} | {r['step']} | {r['elapsed_s'] / 60:.1f} | "
+            print(f"| {label} | {r['step']} | {r['elapsed_s'] / 60:.1f} | "
                   f"{'' if val is None else f'{val:.3f}'} | {g['ram_pa']:.3f} | {g['cam_pa']:.3f} | {g['miou']:.3f} | "
                   f"{g.get('ram_pa_double', float('nan')):.3f} | {g.get('cam_pa_double', float('nan')):.3f} | "
                   f"{g.get('edit_acc', float('nan')):.3f} ({g.get('edit_chance', float('nan')):.3f}) |")

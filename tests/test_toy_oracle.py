@@ -22,11 +22,14 @@ from editseg.toy.model import TOY_ASSET_DIR
 
 N_SAMPLES = 64
 TIER = "basic"
-# Measured on these 64 samples (MODEL_CARD.md): filled from the shipped weights.
-MIOU_FLOOR = 0.0
-RAM_POINT_FLOOR = 0.0
-CAM_POINT_FLOOR = 0.0
-EDIT_OBJECT_FLOOR = 0.0
+# Measured on these 64 samples with the shipped weights (MODEL_CARD.md): full mIoU 0.228, RAM PA
+# 0.344, CAM PA 0.297 (chance 0.072); own edit picks the referent 0.828 (chance 0.430), its
+# edit-difference map segments at mIoU 0.689. Floors: about 0.06-0.1 below (two standard errors).
+MIOU_FLOOR = 0.17
+RAM_POINT_FLOOR = 0.25
+CAM_POINT_FLOOR = 0.20
+EDIT_OBJECT_FLOOR = 0.72
+EDIT_MAP_MIOU_FLOOR = 0.58
 #: The issue's goal for the basic tier (n = 1000 on an unseen world seed): mIoU >= 0.60, RAM point
 #: accuracy >= 0.90, edit accuracy >= 0.95. On this 64-sample subset it is asserted less a
 #: sampling margin of about two standard errors.
@@ -74,19 +77,22 @@ def test_toy_model_loads_as_a_trained_klein_backbone(toy_segmenter):
 
 
 def test_the_model_edits_the_referred_object(edits, samples):
-    """Independent of attention: at the first step the predicted edit is largest on the referent."""
+    """Independent of attention: at the first step the predicted edit is largest on the referent,
+    and the edit-difference map (the segmentation baseline) covers it."""
     chance = sum(1 / len(s.objects) for s in samples) / len(samples)
     assert edits.object_accuracy >= EDIT_OBJECT_FLOOR, edits
-    assert edits.object_accuracy > chance + 0.1, (edits, chance)
+    assert edits.object_accuracy > chance + 0.25, (edits, chance)
+    assert edits.mIoU >= EDIT_MAP_MIOU_FLOOR, edits
 
 
 def test_full_method_beats_the_miou_floor(reference):
     assert reference.mIoU >= MIOU_FLOOR, reference
 
 
-def test_cam_and_ram_argmax_land_on_the_target(reference):
-    assert reference.cam_point_accuracy >= CAM_POINT_FLOOR, reference
-    assert reference.ram_point_accuracy >= RAM_POINT_FLOOR, reference
+def test_cam_and_ram_argmax_land_on_the_target_far_above_chance(reference):
+    assert reference.chance < 0.09
+    assert reference.cam_point_accuracy >= CAM_POINT_FLOOR and reference.cam_point_accuracy >= 2.5 * reference.chance, reference
+    assert reference.ram_point_accuracy >= RAM_POINT_FLOOR and reference.ram_point_accuracy >= 3 * reference.chance, reference
 
 
 @GOAL_MARK

@@ -78,7 +78,7 @@ def fsl_with_true_region(segmenter, samples: Sequence[ShapesSample], feature_blo
     """FSL with the model's clean-token features at ``feature_block`` and M = true tokens (coverage > 0.5)."""
     from PIL import Image
 
-    from ..probes import ProbePlan
+    from ..probing.recorder import ProbePlan
 
     backbone = segmenter.backbone
     block = backbone.default_feature_block if feature_block is None else feature_block
