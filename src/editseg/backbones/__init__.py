@@ -71,8 +71,23 @@ def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
     return Flux2KleinBackbone(pipeline, name=TOY_SHAPES, default_max_side=TOY_SHAPES_SIDE)
 
 
+TINY_STEP1X = "tiny-random-step1x"
+
+
+def _tiny_step1x(device: torch.device, dtype: torch.dtype) -> Backbone:
+    """Tiny random Step1X-Edit (its Qwen2.5-VL serves the instruction refiner in offline trials)."""
+    from .step1x import Step1XEditBackbone
+    from .step1x.tiny import build_tiny_step1x_pipeline
+
+    pipeline = build_tiny_step1x_pipeline().to(device)
+    if dtype != torch.float32:
+        pipeline = pipeline.to(dtype=dtype)
+    return Step1XEditBackbone(pipeline, name=TINY_STEP1X, is_random=True, default_max_side=TINY_MAX_SIDE)
+
+
 BUILT_IN: dict[str, tuple[Callable[[torch.device, torch.dtype], Backbone], str]] = {
     TINY_RANDOM: (_tiny_random, "built in, random weights (for trying editseg offline; output meaningless)"),
+    TINY_STEP1X: (_tiny_step1x, "built in, random Step1X-Edit weights incl. a tiny Qwen2.5-VL (offline trials, e.g. --refine-instruction)"),
     TOY_SHAPES: (_toy_shapes, "built in, the default: tiny FLUX.2-klein editor trained on the synthetic shapes world (64x64); "
         "grounds far above chance, weak masks (assets/toy-shapes/MODEL_CARD.md)"),
 }

@@ -58,6 +58,7 @@ class Backbone(ABC):
     is_random: bool = False  # True for randomly initialised models (output is meaningless)
     default_max_side: int | None = None  # longer-side cap applied before the model's own resize rule
     decodes_edits: ClassVar[bool] = False  # first_step_clean_estimate / decode_tokens are implemented
+    text_sees_image: ClassVar[bool] = True  # False where encode_text ignores the image, so an encoding can serve many images
 
     @property
     def num_blocks(self) -> int:

@@ -113,6 +113,8 @@ class FluxKontextBackbone(Backbone):
     see the module docstring.
     """
 
+    text_sees_image = False  # the text encoder reads the instruction only
+
     def __init__(
         self,
         pipeline,

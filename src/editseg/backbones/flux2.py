@@ -105,6 +105,7 @@ class Flux2KleinBackbone(Backbone):
     """
 
     decodes_edits = True
+    text_sees_image = False  # the text encoder reads the instruction only
 
     def __init__(
         self,

@@ -291,9 +291,11 @@ def _eval(args: argparse.Namespace) -> int:
     settings = config.to_dict()
     if settings["feature_block"] is None:
         del settings["feature_block"]  # the backbone's default, known once it is loaded
+    early = {"config": settings, "max_side": args.max_side}
+    if args.method != "early-grounding":  # the method options are early grounding's; others record their own
+        early = {"method": args.method}
     check_resumable(  # before loading the model: a mismatch fails in seconds, not minutes
-        records_path,
-        {"config": settings, "max_side": args.max_side, **dataset_info(dataset), "shard": shard_label(args.shard)},
+        records_path, {**early, **dataset_info(dataset), "shard": shard_label(args.shard)},
     )
     segmenter = options.segmenter_from_args(args)
     summary = evaluate(

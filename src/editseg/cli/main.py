@@ -12,10 +12,10 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import EditsegError
-from . import demo, evaluation, models, segment, toy
+from . import bulk, demo, evaluation, models, segment, serve, toy
 from .options import EPILOG
 
-COMMAND_GROUPS = (segment, demo, models, evaluation, toy)
+COMMAND_GROUPS = (segment, demo, models, evaluation, toy, serve, bulk)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,9 +22,11 @@ def register(subparsers: Any) -> None:
         epilog=options.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    segment.add_argument("image", help="image file (any Pillow format; grayscale, alpha and 16-bit are converted)")
-    segment.add_argument("expressions", nargs="+", metavar="EXPR", help="referring expressions, e.g. 'the zebra on the left'")
+    segment.add_argument("image", help="image file (any Pillow format; grayscale, alpha and 16-bit are converted), or many: "
+                         "a folder, a quoted glob ('photos/**/*.jpg') or a manifest (.jsonl/.csv) → records.jsonl + masks/, resumable")
+    segment.add_argument("expressions", nargs="*", metavar="EXPR", help="referring expressions, e.g. 'the zebra on the left' (a manifest brings its own)")
     segment.add_argument("--out", default="editseg-out", help="output folder (default: editseg-out)")
+    segment.add_argument("--recursive", action="store_true", help="with a folder: also its sub-folders")
     options.add_model_options(segment)
     options.add_method_options(segment)
 
@@ -32,10 +34,18 @@ def register(subparsers: Any) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..bulk.folder import is_bulk_input
+    from ..errors import ExpressionError
     from ..images import DEFAULT_MAX_PIXELS, load_image
     from ..text import normalize_expression
     from .writers import slug, write_result
 
+    if is_bulk_input(args.image):
+        from .bulk import run_segment_many
+
+        return run_segment_many(args)
+    if not args.expressions:
+        raise ExpressionError("Give one or more expressions after the image.")
     image = load_image(args.image, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)  # fail fast, before loading
     for expression in args.expressions:
         normalize_expression(expression)
