@@ -9,7 +9,9 @@ per-block expression mass, so blocks that favour the background cancel those tha
 target. The attention is recomputed literally (softmax(QKᵀ/√d)) from the q/k that diffusers' own
 processors pass to ``dispatch_attention_fn``.
 
-    python bench/toy_attention_mass.py --n 32
+    python bench/toy_attention_mass.py --n 32 --tier basic
+
+"Template" is every real text token outside the expression (with the minimal template: "remove").
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy-shapes", help="model name or pipeline folder")
     parser.add_argument("--n", type=int, default=32, help="benchmark samples")
+    parser.add_argument("--tier", default="basic", choices=("basic", "full"), help="benchmark tier (default basic)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     backbone = load_segmenter(args.model).backbone
     blocks = backbone.num_blocks
     sums = {key: np.zeros(blocks) for key in ("target", "background", "template", "padding", "clean", "noisy")}
-    samples = shapes_benchmark(args.n)
+    samples = shapes_benchmark(args.n, tier=args.tier)
     for sample in samples:
         image = backbone.prepare_image(Image.fromarray(sample.image))
         text = backbone.encode_text([sample.expression], [sample.instruction])

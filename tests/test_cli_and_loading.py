@@ -138,4 +138,4 @@ def test_demo_edit_column_uses_the_segmenters_input_geometry(tiny_backbone, tmp_
     with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
         segmenter = Segmenter(tiny_backbone, max_side=96)
     assert run_demo(segmenter, tmp_path).is_file()
-    assert len(seen) == 2 and set(seen) == {96}
+    assert len(seen) == 4 and set(seen) == {96}  # two scenes: masks and edit panel each

@@ -238,7 +238,7 @@ def test_samples_without_ground_truth_are_refused(seg, dataset, tmp_path):
 
 def test_shapes_dataset_adapter():
     dataset = shapes_benchmark_dataset(3)
-    assert len(dataset) == 3 and dataset.benchmark == ("shapes", "test")
+    assert len(dataset) == 3 and dataset.benchmark == ("shapes", "full")
     sample = dataset[0]
     assert sample.image_id == sample.sample_id == "shapes-test-s314159-000000"
     assert sample.load_image().size == (64, 64) and sample.load_mask().shape == (64, 64)

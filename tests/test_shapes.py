@@ -13,6 +13,7 @@ from PIL import Image
 
 from editseg.data.shapes import (
     COLORS,
+    BENCHMARK_SEED,
     GENERATOR_VERSION,
     HELDOUT_PAIRS,
     KINDS,
@@ -27,9 +28,12 @@ from editseg.data.shapes import (
 )
 from editseg.data.shapes_world import BACKGROUND_PALETTE, SceneObject
 
-#: sha256 of the first 5 benchmark samples (see _digest). If this changes on purpose, bump
-#: GENERATOR_VERSION and update the constant.
+#: sha256 of the first 5 samples (see _digest). If these change on purpose, bump
+#: GENERATOR_VERSION and update the constants. V1: the default world's "test" split at the
+#: benchmark seed (unchanged in v2); V2: the two benchmark tiers.
 BENCHMARK_DIGEST_V1 = "d475ddca7d46476b5111866f7be0242bdc9035ed94a144d41e835124bb6d3dfc"
+FULL_TIER_DIGEST_V2 = "4a4f3c9181058804040f9bef3fb90d16424d5e43e0156deb46b5ef604b31d68c"
+BASIC_TIER_DIGEST_V2 = "d9a378ec2f3a4f5dc72acc03b8e3f5f631123af09bd56e07b87cfe85242b1a7e"
 
 
 def _digest(samples) -> str:
@@ -86,9 +90,27 @@ def test_benchmark_bytes_are_stable(benchmark):
     first = _digest(benchmark[:5])
     assert _digest(shapes_benchmark(5)) == first
     assert _digest(benchmark[:5]) == first
-    assert first == BENCHMARK_DIGEST_V1, "generator output changed: bump GENERATOR_VERSION"
-    assert GENERATOR_VERSION == "1"
+    assert first == FULL_TIER_DIGEST_V2, "generator output changed: bump GENERATOR_VERSION"
+    assert _digest(shapes_benchmark(5, tier="basic")) == BASIC_TIER_DIGEST_V2
+    assert _digest(ShapesWorld(seed=BENCHMARK_SEED).split("test", 5)) == BENCHMARK_DIGEST_V1  # defaults unchanged
+    assert GENERATOR_VERSION == "2"
     assert all(s.generator_version == GENERATOR_VERSION for s in benchmark[:5])
+
+
+def test_tiers():
+    basic = shapes_benchmark(40, tier="basic", world_seed=5)
+    assert all(s.kind == "attribute" and 2 <= len(s.objects) <= 4 and s.split == "val" for s in basic)
+    assert all(s.seed == 5 and s.target_object.scale == 1.5 for s in basic)
+    full = shapes_benchmark(80, tier="full")
+    assert {s.kind for s in full} == set(KINDS) and all(s.split == "test" and len(s.objects) <= 4 for s in full)
+    held = set(HELDOUT_PAIRS)
+    assert all((s.target_object.color, s.target_object.shape) in held for s in full)
+    assert all((s.target_object.color, s.target_object.shape) not in held for s in basic)
+    # objects are 1.5x the default size: the large ones span 0.48 of the image side
+    large = [o for s in full for o in s.objects if o.size == "large"]
+    assert max(o.bbox[2] - o.bbox[0] for o in large) >= 0.45 * 64
+    with pytest.raises(ValueError, match="tier"):
+        shapes_benchmark(1, tier="nope")
 
 
 def test_layout_is_independent_of_image_size():

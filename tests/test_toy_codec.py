@@ -137,3 +137,24 @@ def test_a_saved_toy_folder_loads_through_the_registry_in_a_fresh_process(pipeli
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-2:] == ["PixelCodec", str(TINY.text_length)]
+
+
+@pytest.mark.parametrize("downscale", [2, 4])
+def test_token_channel_layout_matches_the_codec_and_patchify(downscale):
+    """editseg.toy.warm_start's channel formula equals PixelCodec + klein's 2x2 patchify."""
+    from diffusers import Flux2KleinPipeline
+
+    from editseg.toy.warm_start import token_channel, zoom_channel_map
+
+    codec = PixelCodec(downscale=downscale)
+    side = 2 * downscale
+    for colour, y, x in [(0, 0, 0), (1, side - 1, 2), (2, 3, side - 1), (1, side // 2, side // 2 + 1)]:
+        image = torch.zeros(1, 3, side, side)
+        image[0, colour, y, x] = 1.0
+        latents = Flux2KleinPipeline._patchify_latents(codec.encode(image).latent_dist.mode())
+        assert latents.shape == (1, 12 * downscale**2, 1, 1)
+        assert latents[0, :, 0, 0].nonzero().flatten().tolist() == [token_channel(downscale, colour, y, x)]
+    mapping = zoom_channel_map(4, 2)
+    assert sorted(sum(mapping, [])) == list(range(192)) and all(len(m) == 4 for m in mapping)
+    # the v3 pixel (0, 1) of colour 0 stands for v2 pixels (0..1, 2..3)
+    assert sorted(mapping[token_channel(2, 0, 0, 1)]) == sorted(token_channel(4, 0, a, b) for a in (0, 1) for b in (2, 3))

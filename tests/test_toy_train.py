@@ -102,3 +102,42 @@ def test_toy_train_command_passes_its_options(monkeypatch, tmp_path):
     assert config.minutes == 30 and config.threads == 2 and config.curriculum_steps == TrainConfig().curriculum_steps
     assert (config.model.double_blocks, config.model.single_blocks) == (4, 2)
     assert config.model.codec_downscale == ToyConfig().codec_downscale
+
+
+def test_timestep_sampling_settings():
+    from editseg.toy.train import sample_t
+
+    g = torch.Generator().manual_seed(0)
+    t, first = sample_t(TrainConfig(t_sampling="first-step", p_first_step=0.8), 4000, g)
+    assert abs(first.float().mean().item() - 0.8) < 0.03 and bool((t[first] == 1).all())
+    assert ((t >= 0) & (t <= 1)).all()
+    t, first = sample_t(TrainConfig(t_sampling="logit-normal"), 4000, g)
+    logit = torch.log(t / (1 - t))
+    assert abs(logit.mean().item()) < 0.06 and abs(logit.std().item() - 1) < 0.05 and not first.any()
+    with pytest.raises(ValueError, match="t_sampling"):
+        sample_t(TrainConfig(t_sampling="uniform"), 4, g)
+
+
+def test_minimal_chat_template_is_the_instruction_alone():
+    minimal = Flux2KleinBackbone(build_toy_pipeline(TINY, seed=0), name="toy-test")
+    assert minimal.chat_text("remove the red circle") == "remove the red circle"
+    assert minimal.max_sequence_length == TINY.text_length == 16
+    encoded = minimal.encode_text(["the red circle"], ["remove the red circle"])
+    prompt = encoded.prompts[0]
+    assert prompt.indices("expression") == [1, 2, 3] and prompt.indices("all") == [0, 1, 2, 3]
+    assert prompt.token_strings([1, 2, 3]) == [" the", " red", " circle"]
+    qwen = build_toy_pipeline(ToyConfig(heads=2, head_dim=16, double_blocks=1, single_blocks=1, chat_template="qwen"))
+    assert "<|im_start|>" in Flux2KleinBackbone(qwen, name="q").chat_text("remove the red circle")
+
+
+def test_toy_train_command_passes_the_v3_options(monkeypatch, tmp_path):
+    import editseg.toy.train as toy_train
+    from editseg.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(toy_train, "train", lambda out, config, progress: seen.update(config=config) or tmp_path)
+    assert main(["toy", "train", "--out", str(tmp_path), "--chat-template", "qwen", "--text-length", "32",
+                 "--t-sampling", "first-step", "--changed-weight", "19", "--world-tier", "full", "--heads", "4"]) == 0
+    config = seen["config"]
+    assert (config.model.chat_template, config.model.text_length, config.model.heads) == ("qwen", 32, 4)
+    assert (config.t_sampling, config.changed_weight, config.world_tier) == ("first-step", 19.0, "full")

@@ -1,5 +1,8 @@
-"""``editseg demo``: segment several expressions in one synthetic shapes scene and write a picture.
+"""``editseg demo``: segment expressions in two synthetic shapes scenes and write a picture.
 
+The scenes are fixed in code (``DEMO_SEED``, ``DEMO_INDEX``; chosen before any result was looked
+at, never re-drawn): a basic-tier scene, each of whose objects (up to four) is referred to by an
+attribute expression, then a full-tier scene with its own benchmark expression.
 Each row shows the scene, the CAM, the RAM, the predicted mask and the ground truth for one
 expression, and, for FLUX.2 backbones, the edit the model itself predicts at that first step
 (``x0 = noise - v``, decoded): what "remove <expression>" would do after one step. The scene comes from the shapes world (``editseg.data.shapes``) that the built-in
@@ -17,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import shapes_grammar
-from ..data.shapes import ShapesSample, ShapesWorld
+from ..data.shapes import ShapesSample, tier_world
 from ..evaluation.metrics import mask_iou
 from ..viz import heatmap, overlay, panel_row, stack_rows
 from . import options
@@ -38,13 +41,15 @@ def register(subparsers: Any) -> None:
     options.add_method_options(demo)
 
 
-def demo_scene(image_size: int = 64) -> ShapesSample:
-    """A fixed test-split scene of the shapes world."""
-    return ShapesWorld(image_size=image_size, seed=DEMO_SEED).sample("test", DEMO_INDEX)
+def demo_scene(image_size: int = 64, tier: str = "basic") -> ShapesSample:
+    """The fixed demo scene of a benchmark tier (basic: "val" split; full: "test" split)."""
+    split = "val" if tier == "basic" else "test"
+    return tier_world(tier, DEMO_SEED, image_size).sample(split, DEMO_INDEX)
 
 
-def demo_expressions(scene: ShapesSample, seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """One expression per object (the first kind of ``KIND_ORDER`` that has one) with its ground-truth mask."""
+def demo_expressions(scene: ShapesSample, seed: int = 0, limit: int = 4) -> list[tuple[str, np.ndarray]]:
+    """Up to ``limit`` objects, each with one expression (the first kind of ``KIND_ORDER`` that
+    singles it out) and its ground-truth mask."""
     rng = np.random.default_rng(seed)
     pairs = []
     for target in range(len(scene.objects)):
@@ -53,7 +58,7 @@ def demo_expressions(scene: ShapesSample, seed: int = 0) -> list[tuple[str, np.n
             if options.get(kind):
                 pairs.append((shapes_grammar.realize_expression(options[kind][0], rng), scene.object_masks[target]))
                 break
-    return pairs
+    return pairs[:limit]
 
 
 def first_step_edits(segmenter: Segmenter, image: Image.Image, results) -> list[Image.Image]:
@@ -71,14 +76,23 @@ def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
     """Segment every object of the demo scene by an expression; write ``demo.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     size = 64 if segmenter.backbone.name == "toy-shapes" else 512
-    scene = demo_scene(size)
-    pairs = demo_expressions(scene)
+    basic, full = demo_scene(size, "basic"), demo_scene(size, "full")
+    rows = []
+    for tier, scene, pairs in (("basic", basic, demo_expressions(basic)),
+                               ("full", full, [(full.expression, full.mask)])):
+        rows += _scene_rows(segmenter, tier, scene, pairs)
+    path = out_dir / "demo.png"
+    stack_rows(rows).save(path)
+    return path
+
+
+def _scene_rows(segmenter: Segmenter, tier: str, scene: ShapesSample, pairs: list[tuple[str, np.ndarray]]) -> list:
     image = Image.fromarray(scene.image)
     results = segmenter.segment(image, [expression for expression, _ in pairs])
     edits = first_step_edits(segmenter, image, results)
     rows = []
     for index, (result, (_, truth)) in enumerate(zip(results, pairs)):
-        caption = f"{result.expression!r} -> {result.instruction!r}   IoU {mask_iou(result.mask, truth):.2f}"
+        caption = f"[{tier}] {result.expression!r}   IoU {mask_iou(result.mask, truth):.2f}"
         if segmenter.backbone.is_random:
             caption += "   [RANDOM WEIGHTS: meaningless]"
         rows.append(
@@ -94,9 +108,7 @@ def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
                 caption=caption,
             )
         )
-    path = out_dir / "demo.png"
-    stack_rows(rows).save(path)
-    return path
+    return rows
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

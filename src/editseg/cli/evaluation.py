@@ -52,6 +52,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--image-root", default=None, help="COCO train2014 images (default: <data-root>/images/mscoco/images/train2014)")
     data.add_argument("--split-by", default=None, choices=["unc", "umd", "google"], help="split provider (default: unc for refcoco/refcoco+, umd for refcocog)")
     data.add_argument("--manifest", default=None, help="JSONL or CSV manifest for --dataset manifest (see editseg.data.manifest)")
+    data.add_argument("--tier", default="full", choices=("basic", "full"), help="shapes tier: basic (attribute expressions, seen compositions) or full (all kinds, held-out compositions; default)")
+    data.add_argument("--world-seed", type=int, default=None, help="shapes world seed (default: the fixed benchmark seed 314159)")
 
 
 def register(subparsers: Any) -> None:
@@ -191,7 +193,11 @@ def build_dataset(args: argparse.Namespace) -> Any:
     if args.dataset == "shapes":
         from ..data.shapes_dataset import shapes_benchmark_dataset
 
-        return shapes_benchmark_dataset(args.limit if args.limit is not None else DEFAULT_SHAPES_SAMPLES)
+        from ..data.shapes import BENCHMARK_SEED
+
+        seed = BENCHMARK_SEED if getattr(args, "world_seed", None) is None else args.world_seed
+        return shapes_benchmark_dataset(args.limit if args.limit is not None else DEFAULT_SHAPES_SAMPLES,
+                                        tier=getattr(args, "tier", "full"), world_seed=seed)
     if args.dataset == "manifest":
         from ..data.manifest import ManifestDataset
 

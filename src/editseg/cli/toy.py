@@ -30,12 +30,29 @@ def register(subparsers: Any) -> None:
     sizes = ToyConfig()
     train.add_argument("--double-blocks", type=int, default=sizes.double_blocks, help=f"double-stream blocks (default {sizes.double_blocks})")
     train.add_argument("--single-blocks", type=int, default=sizes.single_blocks, help=f"single-stream blocks (default {sizes.single_blocks})")
+    train.add_argument("--heads", type=int, default=sizes.heads, help=f"attention heads of 32 channels (default {sizes.heads})")
+    train.add_argument("--chat-template", choices=("minimal", "qwen"), default=sizes.chat_template,
+                       help=f"text template (default {sizes.chat_template}: the instruction's words alone)")
+    train.add_argument("--text-length", type=int, default=sizes.text_length, help=f"padded text length (default {sizes.text_length})")
+    train.add_argument("--t-sampling", choices=("logit-normal", "first-step", "mixed"), default=defaults.t_sampling,
+                       help=f"timestep distribution (default {defaults.t_sampling})")
+    train.add_argument("--changed-weight", type=float, default=defaults.changed_weight,
+                       help=f"extra loss weight of edited tokens (default {defaults.changed_weight:g})")
+    train.add_argument("--world-tier", choices=("basic", "full"), default=defaults.world_tier,
+                       help=f"training world: a tier's geometry and expression kinds (default {defaults.world_tier})")
+    train.add_argument("--p-first-step", type=float, default=defaults.p_first_step, help="share of t = 1 (first-step, mixed)")
+    train.add_argument("--init-from", default="", help="toy pipeline folder to start from (token projections adapted to the codec)")
+    train.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    train.add_argument("--probe-every", type=int, default=defaults.probe_every, help="grounding probe period in steps (0: off)")
+    train.add_argument("--checkpoint-minutes", type=float, default=defaults.checkpoint_minutes)
     train.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (1 under CPU contention; 2 on an idle 2-core machine)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = actions.add_parser("eval", help="score a model on the shapes benchmark through the Segmenter API")
     evaluate.add_argument("--model", default="toy-shapes", help="model name or pipeline folder (default toy-shapes)")
     evaluate.add_argument("--n", type=int, default=200, help="benchmark samples (default 200)")
+    evaluate.add_argument("--tier", choices=("basic", "full"), default="full", help="benchmark tier (default full)")
+    evaluate.add_argument("--world-seed", type=int, default=None, help="benchmark world seed (default: the fixed benchmark seed)")
     evaluate.add_argument("--ablation", action="store_true", help="also print the ablation table")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
 
@@ -61,7 +78,16 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         pool_size=args.pool_size,
         curriculum_steps=args.curriculum_steps,
-        model=ToyConfig(double_blocks=args.double_blocks, single_blocks=args.single_blocks),
+        model=ToyConfig(double_blocks=args.double_blocks, single_blocks=args.single_blocks, heads=args.heads,
+                        chat_template=args.chat_template, text_length=args.text_length),
+        t_sampling=args.t_sampling,
+        p_first_step=args.p_first_step,
+        init_from=args.init_from,
+        warmup_steps=args.warmup_steps,
+        changed_weight=args.changed_weight,
+        world_tier=args.world_tier,
+        probe_every=args.probe_every,
+        checkpoint_minutes=args.checkpoint_minutes,
         threads=args.threads,
     )
     final = train(args.out, config, progress=not args.no_progress)
@@ -76,10 +102,11 @@ def _eval(args: argparse.Namespace) -> int:
     from ..toy.evaluate import ablation_configs, edit_localisation, load_segmenter, markdown_table, score
 
     torch.set_num_threads(1)
-    from ..data.shapes import shapes_benchmark
+    from ..data.shapes import BENCHMARK_SEED, shapes_benchmark
 
     segmenter = load_segmenter(args.model)
-    samples = shapes_benchmark(args.n)
+    seed = BENCHMARK_SEED if args.world_seed is None else args.world_seed
+    samples = shapes_benchmark(args.n, tier=args.tier, world_seed=seed)
     backbone = segmenter.backbone
     rows = ablation_configs(backbone.num_blocks, backbone.default_feature_block) if args.ablation else [
         (f"full (tau 0.8, block {backbone.default_feature_block}, expression tokens)", MethodConfig())

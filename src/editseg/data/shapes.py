@@ -73,6 +73,7 @@ __all__ = [
     "SIZES",
     "SIZE_WORDS",
     "SPLITS",
+    "TIERS",
     "SceneObject",
     "ShapesSample",
     "ShapesWorld",
@@ -82,10 +83,13 @@ __all__ = [
     "resolve",
     "save_samples_as_manifest",
     "shapes_benchmark",
+    "tier_world",
     "valid_expressions",
 ]
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
+"""Version 2: the benchmark is drawn from the two tiers (:data:`TIERS`), whose objects are 1.5x
+larger (``object_scale``) and 2-4 per scene; ``ShapesWorld()`` with its defaults is unchanged."""
 
 #: Split name -> code mixed into every sample's seed.
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -231,6 +235,7 @@ class ShapesWorld:
         kind_weights: sampling weights for ("attribute", "spatial", "relational", "superlative").
         heldout_pairs: (colour, shape) target compositions reserved for the "test" split.
         supersample: sub-samples per pixel side used to decide pixel coverage.
+        object_scale: every object's side is ``SIZES[size] * object_scale`` (1.5 in the tiers).
     """
 
     image_size: int = 64
@@ -242,6 +247,7 @@ class ShapesWorld:
     kind_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     heldout_pairs: tuple[tuple[str, str], ...] = HELDOUT_PAIRS
     supersample: int = 4
+    object_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -254,6 +260,8 @@ class ShapesWorld:
             raise ValueError(f"kind_weights needs {len(KINDS)} non-negative weights, not all zero")
         if self.seed < 0:
             raise ValueError("seed must be non-negative")
+        if not 0.25 <= self.object_scale <= 2.5:
+            raise ValueError("object_scale must be in [0.25, 2.5]")
 
     def target_pairs(self, split: str) -> tuple[tuple[str, str], ...]:
         """(colour, shape) compositions allowed for the target object in ``split``."""
@@ -351,11 +359,11 @@ class ShapesWorld:
     ) -> tuple[tuple[SceneObject, ...], int] | None:
         """Attributes plus an occlusion-free placement, in shuffled order; None if placement failed."""
         specs = self._specs(rng, kind, pairs)
-        centres = place_objects(rng, [SIZES[size] for _, _, size in specs])
+        centres = place_objects(rng, [SIZES[size] * self.object_scale for _, _, size in specs])
         if centres is None:
             return None
         order = shuffled(rng, range(len(specs)))
-        objects = tuple(SceneObject(*specs[i], center=centres[i]) for i in order)
+        objects = tuple(SceneObject(*specs[i], center=centres[i], scale=self.object_scale) for i in order)
         return objects, order.index(0)
 
     def _layout(self, rng: np.random.Generator, pairs: Sequence[tuple[str, str]]) -> _Layout:
@@ -382,9 +390,38 @@ class ShapesWorld:
         raise RuntimeError("could not sample a referable scene; check min/max_objects and image_size")
 
 
-def shapes_benchmark(n: int = 1000, image_size: int = 64, edit: str = "remove") -> list[ShapesSample]:
-    """The fixed held-out-composition test set: ``ShapesWorld(seed=BENCHMARK_SEED)`` "test" split."""
-    return ShapesWorld(image_size=image_size, seed=BENCHMARK_SEED, edit=edit).split("test", n)
+#: The benchmark's tiers: world settings and the split their samples come from.
+#: ``basic``: 2-4 objects, attribute expressions only ("the small blue star"), target
+#: compositions seen in training ("val" split: new scenes). ``full``: 2-4 objects, all four
+#: expression kinds (spatial, relational, superlative, synonyms), every target a held-out
+#: colour/shape composition ("test" split). Both: objects 1.5x the default size, so that a
+#: 16x16 token grid can represent their masks (ceilings in the toy model card).
+TIERS: dict[str, dict] = {
+    "basic": {"split": "val", "min_objects": 2, "max_objects": 4, "kind_weights": (1.0, 0.0, 0.0, 0.0),
+              "object_scale": 1.5},
+    "full": {"split": "test", "min_objects": 2, "max_objects": 4, "kind_weights": (1.0, 1.0, 1.0, 1.0),
+             "object_scale": 1.5},
+}
+
+
+def tier_world(tier: str, seed: int = BENCHMARK_SEED, image_size: int = 64, edit: str = "remove",
+               kind_weights: tuple[float, ...] | None = None) -> ShapesWorld:
+    """The :class:`ShapesWorld` of a benchmark tier (its geometry and expression kinds), for ``seed``."""
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; expected one of {tuple(TIERS)}")
+    settings = {k: v for k, v in TIERS[tier].items() if k != "split"}
+    if kind_weights is not None:
+        settings["kind_weights"] = tuple(kind_weights)
+    return ShapesWorld(image_size=image_size, seed=seed, edit=edit, **settings)
+
+
+def shapes_benchmark(
+    n: int = 1000, image_size: int = 64, edit: str = "remove", tier: str = "full", world_seed: int = BENCHMARK_SEED
+) -> list[ShapesSample]:
+    """The first ``n`` samples of a benchmark tier drawn from world ``world_seed`` (default: the
+    fixed benchmark seed). ``full`` draws held-out target compositions ("test" split), ``basic``
+    seen ones ("val" split); neither split is ever a training sample."""
+    return tier_world(tier, world_seed, image_size, edit).split(TIERS[tier]["split"], n)
 
 
 # ----------------------------------------------------------------------------- manifest

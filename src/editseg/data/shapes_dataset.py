@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .base import ReferringDataset, ReferringSample
-from .shapes import ShapesSample, shapes_benchmark
+from .shapes import BENCHMARK_SEED, ShapesSample, shapes_benchmark
 
 __all__ = ["InMemorySample", "ShapesDataset", "shapes_benchmark_dataset", "to_referring_sample"]
 
@@ -73,6 +73,10 @@ class ShapesDataset(ReferringDataset):
         return self.name, self.split
 
 
-def shapes_benchmark_dataset(n: int = 1000, image_size: int = 64) -> ShapesDataset:
-    """The first ``n`` samples of the fixed held-out-composition benchmark (:func:`shapes_benchmark`)."""
-    return ShapesDataset(shapes_benchmark(n, image_size=image_size), name="shapes", split="test")
+def shapes_benchmark_dataset(
+    n: int = 1000, image_size: int = 64, tier: str = "full", world_seed: int = BENCHMARK_SEED
+) -> ShapesDataset:
+    """The first ``n`` samples of a benchmark tier from world ``world_seed`` (:func:`shapes_benchmark`);
+    the split label is the tier ("basic" or "full")."""
+    samples = shapes_benchmark(n, image_size=image_size, tier=tier, world_seed=world_seed)
+    return ShapesDataset(samples, name="shapes", split=tier)

@@ -87,11 +87,12 @@ class SceneObject:
     center: tuple[float, float]
     bbox: tuple[int, int, int, int] | None = None
     area: int | None = None
+    scale: float = 1.0  # the world's object scale: the side is ``SIZES[size] * scale``
 
     @property
     def side(self) -> float:
         """Bounding-box side in normalised units."""
-        return SIZES[self.size]
+        return SIZES[self.size] * self.scale
 
     def to_dict(self) -> dict:
         """JSON-serialisable description."""
@@ -102,6 +103,7 @@ class SceneObject:
             "center": [self.center[0], self.center[1]],
             "bbox": None if self.bbox is None else list(self.bbox),
             "area": self.area,
+            "scale": self.scale,
         }
 
 

@@ -12,13 +12,14 @@ class ToyConfig:
 
     text_hidden: int = 64  # > the grammar's ~60 words: random embeddings are nearly orthogonal
     text_layers: int = 28
-    heads: int = 4
+    heads: int = 4  # width 128 (v2's, so that v3 can start from it; width 64 halves the step cost)
     head_dim: int = 32
     double_blocks: int = 2
     single_blocks: int = 4
     mlp_ratio: float = 3.0
-    codec_downscale: int = 4  # pixels per latent side; a token is 2x2 latents = 8x8 px
-    text_length: int = 32  # the text stream's padded length (every shapes instruction fits)
+    codec_downscale: int = 2  # pixels per latent side; a token is 2x2 latents = 4x4 px (16x16 grid at 64 px)
+    text_length: int = 16  # the text stream's padded length (every shapes instruction fits)
+    chat_template: str = "minimal"  # "minimal": the instruction's words alone; "qwen": Qwen3's template
     vocab_size: int = 512
     embedding_std: float = 1.0
     synonym_init: bool = True  # synonyms start with one shared embedding (a pretrained encoder's prior)
@@ -42,24 +43,29 @@ class TrainConfig:
     steps: int = 20000
     minutes: float = 55.0  # wall-clock budget: stop (and save) when spent, whatever the step
     seed: int = 0
-    batch_size: int = 16
-    lr: float = 1.5e-3
-    warmup_steps: int = 150
+    batch_size: int = 8
+    lr: float = 5e-4
+    warmup_steps: int = 20
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    p_first_step: float = 0.8
-    changed_weight: float = 19.0
-    pool_size: int = 40000
-    curriculum_steps: int = 2500  # first steps draw attribute-only expressions ("the small red circle")
+    t_sampling: str = "mixed"  # "logit-normal": t = sigmoid(N(0, 1)); "first-step": t = 1 w.p. p_first_step,
+    # else U(0, 1); "mixed": t = 1 w.p. p_first_step, else logit-normal
+    p_first_step: float = 0.5
+    changed_weight: float = 19.0  # extra squared-error weight of tokens that touch the edited object
+    pool_size: int = 12000
+    curriculum_steps: int = 0  # first steps draw attribute-only expressions ("the small red circle")
+    init_from: str = ""  # a toy pipeline folder to start from (editseg.toy.warm_start); "" = random init
+    world_tier: str = "basic"  # training world: a benchmark tier's geometry and kinds ("basic" or "full"), "train" split
     world_seed: int = 0
     image_size: int = 64
-    checkpoint_minutes: float = 5.0
+    checkpoint_minutes: float = 4.0
     log_every: int = 10
     val_every: int = 250
     val_size: int = 64
-    probe_every: int = 250  # grounding probe on `probe_size` validation scenes (0: off)
+    probe_every: int = 150  # grounding probe on `probe_size` validation scenes (0: off)
     probe_size: int = 48
+    probe_tier: str = "basic"  # tier of the probe's validation scenes (world seed world_seed + 1)
     calibration_samples: int = 256  # scenes for the latent BatchNorm statistics
     threads: int = 1  # under CPU contention 1 thread is ~10x faster than 2 (OpenMP barriers)
     model: ToyConfig = field(default_factory=ToyConfig)

@@ -54,35 +54,61 @@ def score(
     samples: Sequence[ShapesSample],
     config: MethodConfig,
     label: str = "",
+    expressions: Sequence[str] | None = None,
 ) -> ToyScores:
-    """Segment every sample's expression with ``config`` and score mask, RAM and CAM."""
+    """Segment every sample's expression with ``config`` and score mask, RAM and CAM against its mask.
+    ``expressions`` (one per sample) replaces the samples' own (oracle: another sample's words)."""
+    return score_sweep(segmenter, samples, [(label or config.mode, config)], expressions)[0]
+
+
+def score_sweep(
+    segmenter,
+    samples: Sequence[ShapesSample],
+    rows: Sequence[tuple[str, MethodConfig]],
+    expressions: Sequence[str] | None = None,
+) -> list[ToyScores]:
+    """:func:`score` for several configs; configs that share a transformer forward share it
+    (``Segmenter.predict_sweep``)."""
+    if expressions is not None and len(expressions) != len(samples):
+        raise ValueError("need one expression per sample")
     start = time.perf_counter()
-    accumulator = MetricAccumulator()
-    ram_hits, cam_hits, ious = [], [], []
-    for sample in samples:
+    configs = [config for _, config in rows]
+    accumulators = [MetricAccumulator() for _ in rows]
+    ram_hits = [[] for _ in rows]
+    cam_hits = [[] for _ in rows]
+    ious = [[] for _ in rows]
+    for k, sample in enumerate(samples):
         segmenter.set_image(sample.image)
-        result = segmenter.predict(sample.expression, config)[0]
-        record = accumulator.add_masks(result.mask, sample.mask, sample_id=sample.id)
-        ious.append(record.iou)
-        ram_hits.append(argmax_in_mask(result.ram_tokens, sample.mask))
-        cam_hits.append(argmax_in_mask(result.cam_tokens, sample.mask))
-    summary = accumulator.summary()
-    by_kind = {}
-    for kind in sorted({s.kind for s in samples}):
-        rows = [i for i, s in enumerate(samples) if s.kind == kind]
-        by_kind[kind] = {"n": len(rows), "mIoU": float(np.mean([ious[i] for i in rows])),
-                         "ram_point_accuracy": float(np.mean([ram_hits[i] for i in rows]))}
-    return ToyScores(
-        label=label or config.mode,
-        n=len(samples),
-        mIoU=float(summary["mIoU"]),
-        oIoU=float(summary["oIoU"]),
-        ram_point_accuracy=float(np.mean(ram_hits)),
-        cam_point_accuracy=float(np.mean(cam_hits)),
-        chance=float(np.mean([s.mask.mean() for s in samples])),
-        seconds=time.perf_counter() - start,
-        extra={**{k: float(v) for k, v in summary.items() if k.startswith("Pr@")}, "by_kind": by_kind},
-    )
+        expression = sample.expression if expressions is None else expressions[k]
+        for r, results in enumerate(segmenter.predict_sweep(expression, configs)):
+            result = results[0]
+            record = accumulators[r].add_masks(result.mask, sample.mask, sample_id=sample.id)
+            ious[r].append(record.iou)
+            ram_hits[r].append(argmax_in_mask(result.ram_tokens, sample.mask))
+            cam_hits[r].append(argmax_in_mask(result.cam_tokens, sample.mask))
+    seconds = (time.perf_counter() - start) / max(1, len(rows))
+    chance = float(np.mean([s.mask.mean() for s in samples]))
+    out = []
+    for r, (label, config) in enumerate(rows):
+        summary = accumulators[r].summary()
+        by_kind = {}
+        for kind in sorted({s.kind for s in samples}):
+            members = [i for i, s in enumerate(samples) if s.kind == kind]
+            by_kind[kind] = {"n": len(members), "mIoU": float(np.mean([ious[r][i] for i in members])),
+                             "ram_point_accuracy": float(np.mean([ram_hits[r][i] for i in members])),
+                             "cam_point_accuracy": float(np.mean([cam_hits[r][i] for i in members]))}
+        out.append(ToyScores(
+            label=label or config.mode,
+            n=len(samples),
+            mIoU=float(summary["mIoU"]),
+            oIoU=float(summary["oIoU"]),
+            ram_point_accuracy=float(np.mean(ram_hits[r])),
+            cam_point_accuracy=float(np.mean(cam_hits[r])),
+            chance=chance,
+            seconds=seconds,
+            extra={**{k: float(v) for k, v in summary.items() if k.startswith("Pr@")}, "by_kind": by_kind},
+        ))
+    return out
 
 
 def ablation_configs(num_blocks: int, default_block: int) -> list[tuple[str, MethodConfig]]:

@@ -8,9 +8,10 @@
   by the transformer's double-stream text blocks, as in klein. :func:`text_embeddings` is the
   cheap training path; it equals ``Flux2KleinBackbone.encode_text`` exactly (tested).
 - Codec: :class:`~editseg.backbones.pixel_codec.PixelCodec`, pixels folded space-to-depth (2x: with the
-  pipeline's 2x2 patchify a token is a 4x4 pixel patch); its BatchNorm statistics are set from the
+  pipeline's 2x2 patchify a token is a 4x4 pixel patch: a 16x16 grid at 64 px); its BatchNorm statistics are set from the
   training images so that latents are standardised, as klein's VAE does. Exact, local and invertible.
-- Text: padded to ``text_length`` (32) tokens instead of klein's 512 (``max_sequence_length``).
+- Text: the instruction in a minimal chat template (its words alone; ``chat_template="qwen"`` keeps
+  Qwen3's), padded to ``text_length`` (16) tokens instead of klein's 512 (``max_sequence_length``).
 - Transformer: ``Flux2Transformer2DModel`` at small width/depth, trained with rectified flow.
 """
 
@@ -72,10 +73,21 @@ def init_synonym_embeddings(embedding: torch.Tensor, tokenizer, std: float, jitt
                 embedding[ids[0]] = base + jitter * std * torch.randn(embedding.shape[1])
 
 
-def toy_tokenizer(vocab_size: int = 512):
-    """Byte-level BPE whose vocabulary holds each grammar word as one token (both ``w`` and `` w``)."""
+#: The toy's minimal chat template: the user's words alone, nothing around them (no role or
+#: thinking tokens): in a tiny model such template tokens are attention sinks for the image.
+MINIMAL_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+def toy_tokenizer(vocab_size: int = 512, chat_template: str = "minimal"):
+    """Byte-level BPE whose vocabulary holds each grammar word as one token (both ``w`` and `` w``);
+    ``chat_template`` "minimal" (:data:`MINIMAL_CHAT_TEMPLATE`) or "qwen" (Qwen3's)."""
+    if chat_template not in ("minimal", "qwen"):
+        raise ValueError(f"chat_template must be 'minimal' or 'qwen', got {chat_template!r}")
     corpus = [f"{w} {w}\n{w} {w}" for w in grammar_words() for _ in range(8)]
-    return byte_level_tokenizer(vocab_size, corpus)
+    tokenizer = byte_level_tokenizer(vocab_size, corpus)
+    if chat_template == "minimal":
+        tokenizer.chat_template = MINIMAL_CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
@@ -83,7 +95,7 @@ def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
 
     torch.manual_seed(seed)
-    tokenizer = toy_tokenizer(config.vocab_size)
+    tokenizer = toy_tokenizer(config.vocab_size, config.chat_template)
     tokenizer.model_max_length = config.text_length  # Flux2KleinBackbone pads the text to this
     text_encoder = tiny_qwen3_text_encoder(tokenizer, config.text_hidden, config.text_layers)
     with torch.no_grad():

@@ -6,13 +6,16 @@ ids, the chat template padded with the pad token, and the joint sequence
 ``[text | noisy target tokens | clean source tokens]`` with timestep ``sigma``.
 
 Objective: ``x_t = (1 - t) x0 + t noise`` with ``x0`` the edited image's latents; the transformer
-predicts the velocity ``noise - x0`` on the noisy tokens. ``t = 1`` (the first denoising step,
-which editseg reads) is drawn with probability ``p_first_step``, otherwise ``t ~ U(0, 1)``.
+predicts the velocity ``noise - x0`` on the noisy tokens. ``t_sampling``: "mixed" (default) draws
+``t = 1`` (the first denoising step, which editseg reads) with probability ``p_first_step`` and
+otherwise ``t = sigmoid(N(0, 1))`` (logit-normal); "first-step" uses ``U(0, 1)`` instead of the
+logit-normal; "logit-normal" never forces ``t = 1``.
 Tokens covering the edited object get weight ``1 + changed_weight`` in the squared error.
-Curriculum: the first ``curriculum_steps`` steps draw attribute-only expressions ("the small red
-circle") from the same world; later steps draw all four expression kinds.
+World: the "train" split of the ``world_tier`` tier's world (its geometry and expression kinds).
+Curriculum (optional): the first ``curriculum_steps`` steps draw attribute-only expressions.
+``init_from`` starts from another toy pipeline (``editseg.toy.warm_start``; v3 starts from v2).
 
-The text stream is padded to the model's ``text_length`` (32 tokens, the tokenizer's
+The text stream is padded to the model's ``text_length`` (16 tokens, the tokenizer's
 ``model_max_length``, which ``Flux2KleinBackbone`` pads to at inference).
 Everything is seeded by (seed, step): a resumed run continues the same sequence.
 
@@ -39,7 +42,7 @@ import torch
 from PIL import Image
 
 from ..backbones.flux2 import Flux2KleinBackbone
-from ..data.shapes import GENERATOR_VERSION, ShapesWorld
+from ..data.shapes import GENERATOR_VERSION, TIERS, ShapesWorld, tier_world
 from .config import ToyConfig, TrainConfig
 from .model import build_toy_pipeline, parameter_counts, text_embeddings
 
@@ -156,14 +159,36 @@ def calibrate_latent_statistics(backbone: Flux2KleinBackbone, world: ShapesWorld
 
 
 def grounding_probe(backbone: Flux2KleinBackbone, samples) -> dict[str, float]:
-    """RAM/CAM point accuracy and full-method mIoU of the paper's defaults on ``samples``."""
+    """Observation only (never a loss): RAM/CAM point accuracy and full-method mIoU of the paper's
+    defaults on ``samples``, the same from the double-stream blocks alone, and the model's own
+    first-step edit accuracy (the referred object is the most changed one)."""
     from ..api import Segmenter
     from ..config import MethodConfig
-    from .evaluate import score
+    from .evaluate import edit_localisation, score
 
-    scores = score(Segmenter(backbone), samples, MethodConfig())
+    segmenter = Segmenter(backbone)
+    scores = score(segmenter, samples, MethodConfig())
+    double = score(segmenter, samples, MethodConfig(attention_blocks="double"))
+    edits = edit_localisation(backbone, samples)
     return {"ram_pa": round(scores.ram_point_accuracy, 3), "cam_pa": round(scores.cam_point_accuracy, 3),
-            "miou": round(scores.mIoU, 3)}
+            "miou": round(scores.mIoU, 3), "ram_pa_double": round(double.ram_point_accuracy, 3),
+            "cam_pa_double": round(double.cam_point_accuracy, 3), "miou_double": round(double.mIoU, 3),
+            "edit_acc": round(edits["object_accuracy"], 3), "edit_chance": round(edits["object_chance"], 3)}
+
+
+def sample_t(config: TrainConfig, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (sigma) of a batch and the mask of those at the first step (t = 1 exactly)."""
+    if config.t_sampling == "logit-normal":
+        t = torch.sigmoid(torch.randn(size, generator=generator))
+        return t, t > 0.999
+    if config.t_sampling in ("first-step", "mixed"):
+        first = torch.rand(size, generator=generator) < config.p_first_step
+        if config.t_sampling == "mixed":
+            other = torch.sigmoid(torch.randn(size, generator=generator))
+        else:
+            other = torch.rand(size, generator=generator)
+        return torch.where(first, torch.ones(size), other), first
+    raise ValueError(f"t_sampling must be 'logit-normal', 'first-step' or 'mixed', got {config.t_sampling!r}")
 
 
 def velocity_loss(
@@ -204,7 +229,9 @@ def train(
     torch.set_flush_denormal(True)
     pipeline = build_toy_pipeline(config.model, seed=config.seed)
     backbone = Flux2KleinBackbone(pipeline, name="toy-shapes")
-    world = ShapesWorld(image_size=config.image_size, seed=config.world_seed, edit="remove")
+    if config.world_tier not in TIERS or config.probe_tier not in TIERS:
+        raise ValueError(f"world_tier/probe_tier must be one of {tuple(TIERS)}")
+    world = tier_world(config.world_tier, config.world_seed, config.image_size)
     calibrate_latent_statistics(backbone, world, config.calibration_samples)
     transformer = pipeline.transformer.train()
     embeddings = pipeline.text_encoder.model.embed_tokens.weight
@@ -223,18 +250,22 @@ def train(
         pipeline.vae.load_state_dict(state["vae"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state["elapsed_s"]
+    elif config.init_from:
+        from .warm_start import warm_start
+
+        warm_start(pipeline, config.init_from)
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     data = ShapesLatents(backbone, world, config.pool_size)
-    attribute_world = ShapesWorld(image_size=config.image_size, seed=config.world_seed, edit="remove",
-                                  kind_weights=(1.0, 0.0, 0.0, 0.0))
-    attribute_data = ShapesLatents(backbone, attribute_world, config.pool_size)
-    val = ShapesLatents(backbone, ShapesWorld(image_size=config.image_size, seed=config.world_seed + 1), 0)
+    attribute_world = tier_world("basic", config.world_seed, config.image_size)
+    attribute_data = ShapesLatents(backbone, attribute_world, config.pool_size) if config.curriculum_steps else data
+    val_world = tier_world(config.probe_tier, config.world_seed + 1, config.image_size)
+    val = ShapesLatents(backbone, val_world, 0)
     val_world_indices = list(range(config.val_size))
     val_cache = {}
     noisy_ids, clean_ids = position_ids(backbone, config.image_size)
     text_len = backbone.max_sequence_length
-    probe_samples = ShapesWorld(image_size=config.image_size, seed=config.world_seed + 1).split("val", config.probe_size)
+    probe_samples = val_world.split("val", config.probe_size, start=10_000)
     start = time.time()
     last_checkpoint = start
     budget_s = config.minutes * 60
@@ -295,8 +326,7 @@ def train(
             g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             size = batch["target"].shape[0]
             noise = torch.randn(batch["target"].shape, generator=g)
-            first = torch.rand(size, generator=g) < config.p_first_step
-            t = torch.where(first, torch.ones(size), torch.rand(size, generator=g))
+            t, first = sample_t(config, size, g)
             embeds = text_embeddings(pipeline, batch["input_ids"])
             loss, per_sample = velocity_loss(transformer, batch, t, noise, embeds, noisy_ids, clean_ids, config.changed_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -311,6 +341,7 @@ def train(
                     "step": step,
                     "loss": round(loss.item(), 6),
                     "loss_t1": round(per_sample[first].mean().item(), 6) if first.any() else None,
+                    "loss_t_hi": round(per_sample[t > 0.8].mean().item(), 6) if (t > 0.8).any() else None,
                     "grad_norm": round(float(grad_norm), 4),
                     "lr": lr,
                     "schedule": "clock" if clock else "steps",
