@@ -126,7 +126,7 @@ def test_cli_trains_and_the_method_predicts(tmp_path, capsys):
     Image.new("RGB", (50, 30), (200, 10, 10)).save(tmp_path / "scene.png")
     assert main(["segment", "--method", "rlfseg", "--lora", str(out / "lora"), "--sampler", "hss", str(tmp_path / "scene.png"),
                  "the red square", "--out", str(tmp_path / "seg")]) == 0
-    record = json.loads((tmp_path / "seg" / "00-the-red-square.json").read_text())
+    record = json.loads((tmp_path / "seg" / "scene-00-the-red-square.json").read_text())
     assert record["method"] == "rlfseg" and record["settings"]["sampler"] == "hss"
     capsys.readouterr()
     assert main(["train", "rlfseg-eval", "--lora", str(out / "lora"), "--n", "2", "--samplers", "one-step,hss", "--json"]) == 0
