@@ -417,7 +417,7 @@ def test_vlm_input_matches_processor_and_token_counts(step1x_backbone, photo):
     assert int((inputs.input_ids == pad).sum()) == int(inputs.image_grid_thw.prod()) // 4
     assert torch.equal(inputs.attention_mask, (inputs.input_ids > 0).long())
     assert inputs.text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
-    assert "User Prompt:Picture 1: <|vision_start|><|image_pad|><|vision_end|>remove the dog<|im_end|>\n<|im_start|>assistant\n" in inputs.text
+    assert "User Prompt:<|vision_start|><|image_pad|><|vision_end|>remove the dog<|im_end|>\n<|im_start|>assistant\n" in inputs.text
     # an apostrophe opens a "quote": the rest is tokenised one character at a time, as officially
     quoted = vlm_inputs(pipe.processor, "remove the man's hat", view)
     assert quoted.input_ids.shape[1] > vlm_inputs(pipe.processor, "remove the mans hat", view).input_ids.shape[1]
@@ -430,6 +430,7 @@ def test_vlm_input_matches_processor_and_token_counts(step1x_backbone, photo):
         hidden = pipe.text_encoder(
             input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, pixel_values=inputs.pixel_values,
             image_grid_thw=inputs.image_grid_thw, output_hidden_states=True,
+            mm_token_type_ids=(inputs.input_ids == pad).int(),  # 3-D image positions (test_step1x_official_text)
         ).hidden_states[-1]
     torch.testing.assert_close(text.tensors["embeds"][0, :length], hidden[0, pipe.drop_tokens :])
 
