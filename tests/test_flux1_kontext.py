@@ -303,10 +303,10 @@ def _inputs(backbone, expressions, image):
 _plan = expression_plan
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_equal_naive_full_attention_on_every_block(small, image_96x64, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_equal_naive_full_attention_on_every_block(small, image_96x64, route):
     image, text = _inputs(small, ["the red circle", "a big zebra on the left"], image_96x64)
-    plan = _plan(small, image, text, fused=fused)
+    plan = _plan(small, image, text, route=route)
     assert plan.layout.noisy_len != plan.layout.clean_len
     inputs = small.first_step_inputs(image, text, seed=3)
     captured: list = []
@@ -324,11 +324,11 @@ def test_probes_equal_naive_full_attention_on_every_block(small, image_96x64, fu
         torch.testing.assert_close(recorder.ram[block].double(), ram_ref, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_leave_the_model_output_unchanged(small, image_96x64, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_leave_the_model_output_unchanged(small, image_96x64, route):
     image, text = _inputs(small, ["the dog"], image_96x64)
     features = {"attn": frozenset({1}), "adaln": frozenset({3}), "block": frozenset({0, 4})}
-    plan = _plan(small, image, text, features, fused=fused)
+    plan = _plan(small, image, text, features, route=route)
     inputs = small.first_step_inputs(image, text, seed=0)
     transformer = small.pipeline.transformer
     with torch.no_grad():
@@ -336,7 +336,7 @@ def test_probes_leave_the_model_output_unchanged(small, image_96x64, fused):
         with probes_installed(transformer, ProbeRecorder(plan)):
             probed = transformer(**inputs, return_dict=False)[0]
         again = transformer(**inputs, return_dict=False)[0]
-    if fused:
+    if route == "fused":
         torch.testing.assert_close(probed, bare, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(bare, probed)

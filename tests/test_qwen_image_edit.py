@@ -375,11 +375,11 @@ def capture_reference_qkv(store: list):
 _plan = expression_plan
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_equal_naive_full_attention_with_the_padding_mask(edit_backbone, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_equal_naive_full_attention_with_the_padding_mask(edit_backbone, route):
     image, text = _encode(edit_backbone, ["the red circle", "a big zebra on the left"], _image((90, 70)))
     assert text.tensors["mask"] is not None  # two lengths: the first prompt is padded
-    plan = _plan(edit_backbone, image, text, fused=fused)
+    plan = _plan(edit_backbone, image, text, route=route)
     inputs = edit_backbone.first_step_inputs(image, text, seed=3)
     captured: list = []
     with torch.no_grad(), capture_reference_qkv(captured):
@@ -395,11 +395,11 @@ def test_probes_equal_naive_full_attention_with_the_padding_mask(edit_backbone, 
         torch.testing.assert_close(recorder.ram[block].double(), ram_ref, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_leave_the_model_output_unchanged(edit_backbone, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_leave_the_model_output_unchanged(edit_backbone, route):
     image, text = _encode(edit_backbone, ["the dog", "a cat near the car"], _image((64, 64)))
     features = {"attn": frozenset({1}), "adaln": frozenset({2}), "block": frozenset({0, 2})}
-    plan = _plan(edit_backbone, image, text, features, fused=fused)
+    plan = _plan(edit_backbone, image, text, features, route=route)
     inputs = edit_backbone.first_step_inputs(image, text, seed=0)
     transformer = edit_backbone.pipeline.transformer
     with torch.no_grad():
@@ -407,7 +407,7 @@ def test_probes_leave_the_model_output_unchanged(edit_backbone, fused):
         with probes_installed(transformer, ProbeRecorder(plan)):
             probed = transformer(**inputs, return_dict=False)[0]
         again = transformer(**inputs, return_dict=False)[0]
-    if fused:  # the widened attention call reduces over 8 extra zero channels: rounding only
+    if route == "fused":  # the widened attention call reduces over 8 extra zero channels: rounding only
         torch.testing.assert_close(probed, bare, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(bare, probed)

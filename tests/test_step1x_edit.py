@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import editseg.backbones.step1x.model as step1x_model
 from editseg.backbones.step1x.model import Step1XConfig, Step1XEditDiT, probes_installed
 from editseg.probes import ProbePlan, ProbeRecorder, TokenLayout
+from reference import ROUTES
 
 TINY = Step1XConfig(
     in_channels=16,
@@ -232,12 +233,12 @@ def test_connector_without_pooled_scale_matches_reference():
 
 
 # -- probes ---------------------------------------------------------------------------------------
-def _plan(batch, text_len, rows, cols, fused=True, features=None):
+def _plan(batch, text_len, rows, cols, route="lse", features=None):
     layout = TokenLayout(text_len=text_len, noisy_len=rows * cols, clean_len=rows * cols, grid=(rows, cols))
     prompt = torch.zeros(batch, text_len)
     prompt[0, [1, 2]] = 1
     prompt[1, [3]] = 1
-    return ProbePlan(layout, prompt, None, features or {}, fused=fused)
+    return ProbePlan(layout, prompt, None, features or {}, **ROUTES[route])
 
 
 def _capture_qkv(model, inputs):
@@ -269,10 +270,10 @@ def _naive(q, k, layout, prompt_mask):
     return torch.stack(cams), torch.stack(rams)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_equal_naive_attention_on_double_and_single_blocks(tiny_dit, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_equal_naive_attention_on_double_and_single_blocks(tiny_dit, route):
     inputs = _inputs()
-    plan = _plan(2, 7, 3, 4, fused=fused)
+    plan = _plan(2, 7, 3, 4, route=route)
     captured = _capture_qkv(tiny_dit, inputs)
     assert len(captured) == TINY.depth + TINY.depth_single_blocks
     recorder = ProbeRecorder(plan)
@@ -285,11 +286,11 @@ def test_probes_equal_naive_attention_on_double_and_single_blocks(tiny_dit, fuse
         torch.testing.assert_close(recorder.ram[block].double(), ram, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_leave_output_unchanged_and_features_match(tiny_dit, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_leave_output_unchanged_and_features_match(tiny_dit, route):
     inputs = _inputs()
     blocks = frozenset(range(TINY.depth + TINY.depth_single_blocks))
-    plan = _plan(2, 7, 3, 4, fused=fused, features={"attn": blocks, "adaln": blocks, "block": blocks})
+    plan = _plan(2, 7, 3, 4, route=route, features={"attn": blocks, "adaln": blocks, "block": blocks})
     layout = plan.layout
     with torch.no_grad():
         bare = tiny_dit(**inputs)
@@ -297,7 +298,7 @@ def test_probes_leave_output_unchanged_and_features_match(tiny_dit, fused):
         with probes_installed(tiny_dit, recorder):
             probed = tiny_dit(**inputs)
         again = tiny_dit(**inputs)
-    if fused:
+    if route == "fused":
         torch.testing.assert_close(probed, bare, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(probed, bare)
