@@ -72,7 +72,7 @@ ROUTES = {"lse": {"lse": True}, "fused": {"lse": False, "fused": True}, "separat
 
 
 def plan_for(model, image_tokens: int, text_len: int, route: str = "lse"):
-    from editseg.probes import ProbePlan, TokenLayout
+    from editseg.probing.recorder import ProbePlan, TokenLayout
 
     grid = int(image_tokens**0.5)
     layout = TokenLayout(text_len=text_len, noisy_len=image_tokens, clean_len=image_tokens, grid=(grid, grid))
@@ -84,7 +84,7 @@ def plan_for(model, image_tokens: int, text_len: int, route: str = "lse"):
 
 def forward(model, kwargs, plan=None):
     from editseg.backbones.flux2 import probes_installed
-    from editseg.probes import ProbeRecorder
+    from editseg.probing.recorder import ProbeRecorder
 
     with torch.inference_mode():
         if plan is None:

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from editseg.probes import ProbePlan, TokenLayout
+from editseg.probing.recorder import ProbePlan, TokenLayout
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from editseg.evaluation.ablations import (
 from editseg.evaluation.metrics import resize_mask
 from editseg.evaluation.runner import EvaluationError, evaluate, read_records
 from editseg.geometry import ImageGeometry
-from editseg.probes import ProbePlan
+from editseg.probing.recorder import ProbePlan
 
 PANEL = (200, 150)
 
@@ -236,8 +236,8 @@ def test_separability_equals_naive_computation(seg, data, tmp_path):
 
 
 def test_cli_eval_sweep_and_separability(tmp_path, capsys, monkeypatch, seg):
-    import editseg.cli as cli
-    from editseg.cli import main
+    import editseg.cli.main as cli
+    from editseg.cli.main import main
 
     monkeypatch.setattr(cli, "_segmenter_from_args", lambda args: seg)
     out = tmp_path / "sweep"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from editseg.backbones import load_backbone
-from editseg.cli import main
+from editseg.cli.main import main
 from editseg.errors import ModelNotFoundError, UnsupportedModelError
 from editseg.masks import decode_rle, load_mask_png
 
@@ -109,7 +109,7 @@ def test_local_folder_loads_through_from_pretrained(tiny_pipeline, tmp_path, ran
 
 def test_demo_writes_one_row_per_object_with_unique_expressions(tmp_path, capsys):
     from editseg.data import shapes_grammar
-    from editseg.demo import demo_expressions, demo_scene
+    from editseg.cli.demo import demo_expressions, demo_scene
 
     scene = demo_scene(64)
     pairs = demo_expressions(scene)
@@ -125,7 +125,7 @@ def test_demo_writes_one_row_per_object_with_unique_expressions(tmp_path, capsys
 def test_demo_edit_column_uses_the_segmenters_input_geometry(tiny_backbone, tmp_path, monkeypatch):
     """The model's-edit panel is computed on the same prepared image as the masks (same max_side)."""
     from editseg import Segmenter
-    from editseg.demo import run_demo
+    from editseg.cli.demo import run_demo
 
     seen = []
     original = type(tiny_backbone).prepare_image

@@ -8,7 +8,7 @@ import pytest
 from test_eval_runner import scaled_refer_fixture
 
 from editseg import DEFAULT_MODEL
-from editseg.cli import main
+from editseg.cli.main import main
 from editseg.data.shapes import save_samples_as_manifest, shapes_benchmark
 from editseg.evaluation.runner import RECORDS_FORMAT, read_records
 
@@ -28,7 +28,7 @@ def shared_model(monkeypatch, tiny_backbone):
     """Serve every ``--model`` from the session's warm tiny random backbone (loading is tested elsewhere)."""
     import warnings
 
-    import editseg.cli as cli
+    import editseg.cli.main as cli
     from editseg import Segmenter
 
     def segmenter_from_args(args):
@@ -166,7 +166,7 @@ def test_shard_auto_reads_the_launcher_environment():
 
     import pytest as _pytest
 
-    from editseg.evaluation.commands import resolve_launcher_shard
+    from editseg.cli.evaluation import resolve_launcher_shard
     from editseg.evaluation.runner import EvaluationError
 
     args = argparse.Namespace(shard="auto", device="cpu")

@@ -23,7 +23,7 @@ from editseg.backbones.flux1_kontext import (
     probes_installed,
 )
 from editseg.images import load_image
-from editseg.probes import ProbeRecorder
+from editseg.probing.recorder import ProbeRecorder
 from reference import attention_output, capture_dispatch, expression_plan, naive_maps
 
 _WORDS = """remove the man in the red shirt on the left zebra right woman with a blue umbrella

@@ -12,7 +12,7 @@ import torch
 
 import diffusers.models.transformers.transformer_flux2 as flux2_module
 from editseg.backbones.flux2 import probes_installed
-from editseg.probes import ProbeRecorder, TokenLayout, clean_token_attention_statistics
+from editseg.probing.recorder import ProbeRecorder, TokenLayout, clean_token_attention_statistics
 from reference import attention_output, capture_dispatch, expression_plan, full_attention, naive_maps
 
 
@@ -157,7 +157,7 @@ def test_lse_route_is_taken_on_cpu_and_equals_naive_with_weights_and_key_mask(ti
     and a key mask, against the literal eqs. 3-4 on the full attention matrix."""
     from unittest import mock
 
-    import editseg.probes as probes
+    import editseg.probing.recorder as probes
 
     image, text = _inputs(tiny_backbone, ["the dog"], random_image)
     plan = _plan(tiny_backbone, image, text)

@@ -27,7 +27,7 @@ import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus_module
 from editseg.backbones.qwen_image_edit import QwenImageEditBackbone, probes_installed
 from editseg.errors import ConfigError
 from editseg.images import load_image
-from editseg.probes import ProbeRecorder
+from editseg.probing.recorder import ProbeRecorder
 from reference import attention_output, capture_dispatch, expression_plan, naive_maps
 from reference_vlm import reference_mrope_positions, rotary_positions
 

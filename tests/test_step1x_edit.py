@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import editseg.backbones.step1x.model as step1x_model
 from editseg.backbones.step1x.model import Step1XConfig, Step1XEditDiT, probes_installed
-from editseg.probes import ProbePlan, ProbeRecorder, TokenLayout
+from editseg.probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from reference import ROUTES
 
 TINY = Step1XConfig(

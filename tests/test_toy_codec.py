@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from editseg.backbones.flux2 import MAX_SEQUENCE_LENGTH, Flux2KleinBackbone
-from editseg.toy.codec import PixelCodec
+from editseg.backbones.pixel_codec import PixelCodec
 from editseg.toy.model import ToyConfig, build_toy_pipeline
 
 TINY = ToyConfig(heads=2, head_dim=16, double_blocks=1, single_blocks=1, codec_downscale=2)  # 4 px tokens
@@ -132,7 +132,7 @@ def test_a_saved_toy_folder_loads_through_the_registry_in_a_fresh_process(pipeli
     code = (
         "import sys; from editseg.backbones import load_backbone; "
         f"b = load_backbone({str(tmp_path / 'toy')!r}, device='cpu'); "
-        "assert 'editseg.toy.codec' in sys.modules; print(type(b.pipeline.vae).__name__, b.max_sequence_length)"
+        "assert 'editseg.backbones.pixel_codec' in sys.modules; print(type(b.pipeline.vae).__name__, b.max_sequence_length)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -16,7 +16,7 @@ import torch
 from editseg.backbones.flux2 import Flux2KleinBackbone
 from editseg.config import MethodConfig
 from editseg.data.shapes import shapes_benchmark
-from editseg.toy.codec import PixelCodec
+from editseg.backbones.pixel_codec import PixelCodec
 from editseg.toy.evaluate import edit_localisation, load_segmenter, noisy_as_clean, padding_as_prompt, score
 from editseg.toy.model import TOY_ASSET_DIR
 
@@ -111,7 +111,7 @@ def test_broken_variants_restore_the_method(toy_segmenter, samples):
 
 
 def test_toy_eval_command_prints_the_table_per_kind_and_the_edit_check(capsys):
-    from editseg.cli import main
+    from editseg.cli.main import main
 
     assert main(["toy", "eval", "--n", "8"]) == 0
     out = capsys.readouterr().out

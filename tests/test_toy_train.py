@@ -92,7 +92,7 @@ def test_synonyms_start_with_one_embedding():
 
 def test_toy_train_command_passes_its_options(monkeypatch, tmp_path):
     import editseg.toy.train as toy_train
-    from editseg.cli import main
+    from editseg.cli.main import main
 
     seen = {}
     monkeypatch.setattr(toy_train, "train", lambda out, config, progress: seen.update(out=out, config=config) or tmp_path)

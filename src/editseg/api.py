@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,7 +23,8 @@ from .config import MethodConfig
 from .errors import ConfigError, ExpressionError, OutOfMemoryError, out_of_memory_message
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from .methods.early_grounding import ground, masks_at_input
-from .probes import ProbePlan
+from .probing.recorder import ProbePlan
+from .results import SegmentationResult
 from .text import make_instruction, normalize_expression
 
 DEFAULT_MODEL = TOY_SHAPES  # built in: the tiny editor trained on the synthetic shapes world
@@ -36,28 +36,6 @@ TOY_SHAPES_NOTICE = (
     "editseg: toy-shapes is a tiny editor trained on synthetic 64x64 shapes scenes (see `editseg demo`); "
     "for photos use a real model, e.g. --model flux2-klein-4b."
 )
-
-
-@dataclass
-class SegmentationResult:
-    """One expression's result. Maps are at the input resolution unless named ``*_tokens``."""
-
-    expression: str
-    instruction: str
-    mask: np.ndarray  # bool (H, W)
-    cam: np.ndarray  # float32 (H, W) in [0, 1]
-    ram: np.ndarray
-    cam_tokens: np.ndarray  # float32 (rows, cols)
-    ram_tokens: np.ndarray
-    prompt_token_indices: list[int]
-    prompt_tokens: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
-    model: str = ""
-    config: dict = field(default_factory=dict)
-
-    @property
-    def area(self) -> int:
-        return int(self.mask.sum())
 
 
 class Segmenter:

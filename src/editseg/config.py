@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence, Union
 
 from .errors import ConfigError
-from .probes import FEATURE_SITES
+from .probing.recorder import FEATURE_SITES
 from .text import PROMPT_TOKEN_SETS
 
 MODES = ("full", "ram", "cam")

@@ -12,7 +12,7 @@ from PIL import Image
 from ..config import BlockSelection
 from ..errors import ConfigError
 from ..geometry import ImageGeometry
-from ..probes import ProbePlan, ProbeRecorder
+from ..probing.recorder import ProbePlan, ProbeRecorder
 from ..text import PromptTokens
 
 

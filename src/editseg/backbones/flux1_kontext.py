@@ -34,10 +34,10 @@ from PIL import Image
 
 from ..errors import ExpressionError, ImageLoadError
 from ..geometry import ImageGeometry
-from ..probes import ProbePlan, ProbeRecorder, TokenLayout
+from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import align_prompt
 from .base import Backbone, EncodedText, PreparedImage
-from .processors import ProbeProcessor, flux_joint_qkv, swapped_processors
+from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 
 MAX_SEQUENCE_LENGTH = 512  # the pipeline's default (and maximum) T5 length
 MAX_AREA = 1024 * 1024  # the pipeline's default ``max_area`` for the generated canvas

@@ -25,10 +25,10 @@ from PIL import Image
 
 from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
-from ..probes import ProbePlan, ProbeRecorder, TokenLayout
+from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import align_prompt
 from .base import Backbone, EncodedText, PreparedImage
-from .processors import ProbeProcessor, flux_joint_qkv, swapped_processors
+from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 
 MAX_SEQUENCE_LENGTH = 512
 TEXT_ENCODER_LAYERS = (9, 18, 27)
@@ -360,7 +360,7 @@ def load_pipeline(source: str, dtype: torch.dtype):
     """``Flux2KleinPipeline.from_pretrained`` (raises OSError/ValueError when weights are missing)."""
     from diffusers import Flux2KleinPipeline
 
-    importlib.import_module("editseg.toy.codec")  # diffusers loads a toy model's PixelCodec only once imported
+    importlib.import_module("editseg.backbones.pixel_codec")  # diffusers loads a toy model's PixelCodec only once imported
 
     # diffusers >= 0.42 names the argument ``dtype`` (``torch_dtype`` is deprecated)
     return Flux2KleinPipeline.from_pretrained(source, dtype=dtype)

@@ -52,10 +52,10 @@ from PIL import Image
 from ..config import BlockSelection
 from ..errors import ConfigError, ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
-from ..probes import ProbePlan, ProbeRecorder, TokenLayout
+from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import PromptTokens, align_prompt
 from .base import Backbone, EncodedText, PreparedImage
-from .processors import ProbeProcessor, swapped_processors
+from ..probing.processors import ProbeProcessor, swapped_processors
 
 VAE_AREA = 1024 * 1024  # QwenImageEditPipeline.__call__ and VAE_IMAGE_SIZE of the Plus pipeline
 CONDITION_AREA = 384 * 384  # CONDITION_IMAGE_SIZE of QwenImageEditPlusPipeline

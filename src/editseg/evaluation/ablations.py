@@ -47,7 +47,7 @@ import torch
 from ..config import MethodConfig
 from ..data.base import ReferringSample, group_by_image
 from ..geometry import ImageGeometry
-from ..probes import FEATURE_SITES, ProbePlan
+from ..probing.recorder import FEATURE_SITES, ProbePlan
 from ..text import PROMPT_TOKEN_SETS
 from .metrics import separability_score
 from .plots import bar_chart, box_plot, heatmap_chart, line_chart, save_png, side_by_side

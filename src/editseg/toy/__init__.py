@@ -1,7 +1,7 @@
 """A tiny FLUX.2 [klein] editor trained on the synthetic shapes world (for end-to-end checks on CPU).
 
 ``build_toy_pipeline`` makes the untrained pipeline from the real diffusers/transformers classes
-(with :class:`~editseg.toy.codec.PixelCodec` as its VAE), ``editseg.toy.train`` trains it, and the
+(with :class:`~editseg.backbones.pixel_codec.PixelCodec` as its VAE), ``editseg.toy.train`` trains it, and the
 shipped weights live in ``editseg/assets/toy-shapes``.
 """
 

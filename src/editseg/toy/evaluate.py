@@ -136,7 +136,7 @@ def padding_as_prompt(text_length: int):
 def noisy_as_clean():
     """Broken variant: the probes read the noisy tokens (pure noise at step 1) as the image."""
     from ..backbones.flux2 import Flux2KleinBackbone
-    from ..probes import TokenLayout
+    from ..probing.recorder import TokenLayout
 
     class NoisyAsClean(TokenLayout):
         @property

@@ -7,7 +7,7 @@
   stream and the text features are the (trained) token embeddings, three times. Context is mixed
   by the transformer's double-stream text blocks, as in klein. :func:`text_embeddings` is the
   cheap training path; it equals ``Flux2KleinBackbone.encode_text`` exactly (tested).
-- Codec: :class:`~editseg.toy.codec.PixelCodec`, pixels folded space-to-depth (2x: with the
+- Codec: :class:`~editseg.backbones.pixel_codec.PixelCodec`, pixels folded space-to-depth (2x: with the
   pipeline's 2x2 patchify a token is a 4x4 pixel patch); its BatchNorm statistics are set from the
   training images so that latents are standardised, as klein's VAE does. Exact, local and invertible.
 - Text: padded to ``text_length`` (32) tokens instead of klein's 512 (``max_sequence_length``).
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.tiny import byte_level_tokenizer, tiny_flux2_transformer, tiny_qwen3_text_encoder
-from .codec import PixelCodec
+from ..backbones.pixel_codec import PixelCodec
 from .config import ToyConfig
 
 TOY_ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-shapes"

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ...errors import ConfigError, ExpressionError
 from ...geometry import ImageGeometry
-from ...probes import ProbePlan, ProbeRecorder, TokenLayout
+from ...probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from ...text import align_prompt
 from ..base import Backbone, EncodedText, PreparedImage
 from .model import probes_installed

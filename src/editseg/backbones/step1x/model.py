@@ -10,7 +10,7 @@ double-stream blocks keep text and image apart and attend jointly; the single-st
 the concatenation. The DiT has no attention mask: padded text rows are attended like any other.
 
 Every block's attention goes through :meth:`_Attending.attend`, the hook point of the probes: with
-a :class:`~editseg.probes.ProbeRecorder` installed (:func:`probes_installed`) it calls
+a :class:`~editseg.probing.recorder.ProbeRecorder` installed (:func:`probes_installed`) it calls
 ``recorder.attend`` and ``recorder.record_feature`` for the ``attn``/``adaln``/``block`` sites.
 """
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...probes import ProbeRecorder, native_attend_lse
+from ...probing.recorder import ProbeRecorder, native_attend_lse
 from .connector import Qwen2Connector, sinusoidal_embedding
 
 

@@ -11,7 +11,7 @@ __all__ = ["HANDLERS", "register", "run_toy"]
 
 def register(subparsers: Any) -> None:
     """Add the ``toy`` command (with ``train`` and ``eval`` sub-commands)."""
-    from .config import ToyConfig, TrainConfig
+    from ..toy.config import ToyConfig, TrainConfig
 
     toy = subparsers.add_parser("toy", help="train or evaluate the tiny shapes-world editing model")
     actions = toy.add_subparsers(dest="toy_command")
@@ -50,8 +50,8 @@ def run_toy(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import ToyConfig, TrainConfig
-    from .train import train
+    from ..toy.config import ToyConfig, TrainConfig
+    from ..toy.train import train
 
     config = TrainConfig(
         steps=args.steps,
@@ -73,7 +73,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from ..config import MethodConfig
-    from .evaluate import ablation_configs, edit_localisation, load_segmenter, markdown_table, score
+    from ..toy.evaluate import ablation_configs, edit_localisation, load_segmenter, markdown_table, score
 
     torch.set_num_threads(1)
     from ..data.shapes import shapes_benchmark

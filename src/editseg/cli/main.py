@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .errors import EditsegError
+from .. import __version__
+from ..errors import EditsegError
 
 EPILOG = """Models: toy-shapes (built in, the default: a tiny editor trained on synthetic shapes
 scenes, 64x64), tiny-random-flux2 (built in, random weights), flux2-klein-4b, flux2-klein-9b, flux2-klein-base-4b, flux2-klein-base-9b, any FLUX.2-klein hub
@@ -18,7 +18,7 @@ the first place looked; HF_HUB_OFFLINE=1 forbids downloads."""
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from .api import DEFAULT_MODEL
+    from ..api import DEFAULT_MODEL
 
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"model name, hub id or local folder (default: {DEFAULT_MODEL})")
@@ -31,9 +31,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
-    from .config import BLOCK_SETS, MODES, SIMILARITIES
-    from .probes import FEATURE_SITES
-    from .text import INSTRUCTION_TEMPLATES, PROMPT_TOKEN_SETS
+    from ..config import BLOCK_SETS, MODES, SIMILARITIES
+    from ..probing.recorder import FEATURE_SITES
+    from ..text import INSTRUCTION_TEMPLATES, PROMPT_TOKEN_SETS
 
     group = parser.add_argument_group("method (defaults follow the paper)")
     group.add_argument("--mode", default="full", choices=MODES, help="full: RAM + feature prototypes (eqs. 3-6); ram / cam: the attention map alone, thresholded at --map-threshold")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = ("editseg.evaluation.commands", "editseg.toy.commands")
+COMMAND_MODULES = ("editseg.cli.evaluation", "editseg.cli.toy")
 
 
 def _command_modules():
@@ -100,7 +100,7 @@ def _command_modules():
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config import MethodConfig, parse_block_selection
+    from ..config import MethodConfig, parse_block_selection
 
     return MethodConfig(
         mode=args.mode,
@@ -119,9 +119,9 @@ def _config_from_args(args: argparse.Namespace):
 def _segmenter_from_args(args: argparse.Namespace):
     import torch
 
-    from .api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
-    from .backbones import TOY_SHAPES, load_backbone
-    from .images import DEFAULT_MAX_PIXELS
+    from ..api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
+    from ..backbones import TOY_SHAPES, load_backbone
+    from ..images import DEFAULT_MAX_PIXELS
 
     config = _config_from_args(args)  # validate options before loading a big model
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -143,8 +143,8 @@ def _segmenter_from_args(args: argparse.Namespace):
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .images import DEFAULT_MAX_PIXELS, load_image
-    from .text import normalize_expression
+    from ..images import DEFAULT_MAX_PIXELS, load_image
+    from ..text import normalize_expression
     from .writers import slug, write_result
 
     image = load_image(args.image, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)  # fail fast, before loading
@@ -175,7 +175,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_models(_: argparse.Namespace) -> int:
-    from .backbones import known_models
+    from ..backbones import known_models
 
     for name, description in known_models().items():
         print(f"{name:24s} {description}")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .api import SegmentationResult
-from .masks import encode_rle, save_mask_png
-from .viz import heatmap, overlay
+from ..masks import encode_rle, save_mask_png
+from ..results import SegmentationResult
+from ..viz import heatmap, overlay
 
 
 def slug(text: str, limit: int = 40) -> str:

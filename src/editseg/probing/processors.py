@@ -15,7 +15,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..errors import UnsupportedModelError
-from ..probes import ProbeRecorder, native_attend_lse
+from .recorder import ProbeRecorder, native_attend_lse
 
 
 class ProbeProcessor:

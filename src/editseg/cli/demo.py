@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .api import Segmenter
-from .data import shapes_grammar
-from .data.shapes import ShapesSample, ShapesWorld
-from .evaluation.metrics import mask_iou
-from .viz import heatmap, overlay, panel_row, stack_rows
+from ..api import Segmenter
+from ..data import shapes_grammar
+from ..data.shapes import ShapesSample, ShapesWorld
+from ..evaluation.metrics import mask_iou
+from ..viz import heatmap, overlay, panel_row, stack_rows
 
 DEMO_SEED = 7
 DEMO_INDEX = 11

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.base import DatasetFilesNotFound, ReferringSample
-from .runner import EvaluationError
+from ..evaluation.runner import EvaluationError
 
 __all__ = [
     "DATASETS",
@@ -55,7 +55,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add ``eval``, ``eval-merge``, ``eval-table``, ``eval-sweep`` and ``eval-separability`` to the ``editseg`` sub-command parser."""
-    from ..cli import _add_method_options, _add_model_options
+    from .main import _add_method_options, _add_model_options
 
     parser = subparsers.add_parser(
         "eval",
@@ -97,7 +97,7 @@ def register(subparsers: Any) -> None:
     table.add_argument("inputs", nargs="+", help="summary.json files or eval output folders holding summary.json")
     table.add_argument("--out", default=None, help="write the table to this file instead of printing it")
 
-    from .ablations import DEFAULT_TIMESTEPS, SWEEPS
+    from ..evaluation.ablations import DEFAULT_TIMESTEPS, SWEEPS
 
     steps = ",".join(str(t) for t in DEFAULT_TIMESTEPS)
     sweep = subparsers.add_parser(
@@ -262,9 +262,8 @@ def _converted(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 
 def _eval(args: argparse.Namespace) -> int:
     """``editseg eval``."""
-    from ..cli import _config_from_args, _segmenter_from_args
-    from .report import write_gallery
-    from .runner import (
+    from ..evaluation.report import write_gallery
+    from ..evaluation.runner import (
         check_resumable,
         dataset_info,
         evaluate,
@@ -274,6 +273,7 @@ def _eval(args: argparse.Namespace) -> int:
         shard_label,
         sibling_path,
     )
+    from .main import _config_from_args, _segmenter_from_args
 
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
     resolve_launcher_shard(args)
@@ -342,7 +342,7 @@ def _records_inputs(inputs: list[str]) -> list[Path]:
 
 def _eval_merge(args: argparse.Namespace) -> int:
     """``editseg eval-merge``."""
-    from .runner import merge_records
+    from ..evaluation.runner import merge_records
 
     paths = _records_inputs(args.inputs)
     out = Path(args.out) if args.out else (Path(args.inputs[0]) if Path(args.inputs[0]).is_dir() else paths[0].parent)
@@ -360,7 +360,7 @@ def _eval_table(args: argparse.Namespace) -> int:
     """``editseg eval-table``."""
     import json
 
-    from .runner import SUMMARY_FORMAT, markdown_table
+    from ..evaluation.runner import SUMMARY_FORMAT, markdown_table
 
     summaries = []
     for item in args.inputs:
@@ -391,9 +391,9 @@ run_eval_table = _converted(_eval_table)
 
 def _eval_sweep(args: argparse.Namespace) -> int:
     """``editseg eval-sweep``."""
-    from ..cli import _config_from_args, _segmenter_from_args
-    from .ablations import parse_sweep_names, run_sweep
-    from .runner import select_samples
+    from ..evaluation.ablations import parse_sweep_names, run_sweep
+    from ..evaluation.runner import select_samples
+    from .main import _config_from_args, _segmenter_from_args
 
     names = parse_sweep_names(args.sweep)
     timesteps = _int_list(args.timesteps, "--timesteps")
@@ -417,9 +417,9 @@ def _eval_sweep(args: argparse.Namespace) -> int:
 
 def _eval_separability(args: argparse.Namespace) -> int:
     """``editseg eval-separability``."""
-    from ..cli import _config_from_args, _segmenter_from_args
-    from .ablations import separability_study
-    from .runner import select_samples
+    from ..evaluation.ablations import separability_study
+    from ..evaluation.runner import select_samples
+    from .main import _config_from_args, _segmenter_from_args
 
     timesteps = _int_list(args.timesteps, "--timesteps") or []
     blocks = _int_list(args.blocks, "--blocks")

@@ -1,0 +1,1 @@
+"""The ``editseg`` command line: :mod:`editseg.cli.main` builds the parser and dispatches."""
