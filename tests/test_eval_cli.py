@@ -7,7 +7,6 @@ import json
 import pytest
 from test_eval_runner import scaled_refer_fixture
 
-from editseg import DEFAULT_MODEL
 from editseg.cli.main import main
 from editseg.data.shapes import save_samples_as_manifest, shapes_benchmark
 from editseg.evaluation.runner import RECORDS_FORMAT, read_records
@@ -52,7 +51,7 @@ def test_eval_refcoco_writes_records_summary_table(refer_root, tmp_path, capsys,
             "--limit", "3", "--tau", "0.7", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "refcoco val: 3 samples  oIoU" in captured.out and shared_model == [DEFAULT_MODEL]
+    assert "refcoco val: 3 samples  oIoU" in captured.out and shared_model == [None]  # --model unset: the method picks its default (toy-shapes)
     header, records = read_records(out / "records.jsonl")
     assert header["settings"]["config"]["tau"] == 0.7 and len(records) == 3
     summary = json.loads((out / "summary.json").read_text())

@@ -84,8 +84,7 @@ def test_issue_quality_goal(reference):
 
 def test_padding_tokens_as_the_prompt_break_grounding(toy_segmenter, samples, reference):
     """Eqs. 3-4 summed over padding positions instead of the expression's tokens."""
-    with padding_as_prompt(toy_segmenter.backbone.max_sequence_length):
-        broken = score(toy_segmenter, samples, MethodConfig(), "padding prompt")
+    broken = score(padding_as_prompt(toy_segmenter), samples, MethodConfig(), "padding prompt")
     assert broken.cam_point_accuracy <= reference.cam_point_accuracy - 0.15, (broken, reference)
     assert broken.ram_point_accuracy <= reference.ram_point_accuracy - 0.1, (broken, reference)
     assert broken.mIoU <= reference.mIoU - 0.04, (broken, reference)
@@ -93,18 +92,16 @@ def test_padding_tokens_as_the_prompt_break_grounding(toy_segmenter, samples, re
 
 def test_noisy_tokens_in_place_of_clean_tokens_break_grounding(toy_segmenter, samples, reference):
     """The probes read the noisy tokens (pure noise at the first step) as the image."""
-    with noisy_as_clean():
-        broken = score(toy_segmenter, samples, MethodConfig(), "noisy as clean")
+    broken = score(noisy_as_clean(toy_segmenter), samples, MethodConfig(), "noisy as clean")
     assert broken.cam_point_accuracy <= reference.cam_point_accuracy - 0.15, (broken, reference)
     assert broken.ram_point_accuracy <= reference.ram_point_accuracy - 0.05, (broken, reference)
     assert broken.mIoU < reference.mIoU, (broken, reference)
 
 
-def test_broken_variants_restore_the_method(toy_segmenter, samples):
-    """The broken-variant switches are undone on exit: the method scores as before."""
+def test_broken_variants_leave_the_method_alone(toy_segmenter, samples):
+    """A broken variant is a second segmenter on the same backbone: the original scores as before."""
     before = score(toy_segmenter, samples[:8], MethodConfig(), "before")
-    with padding_as_prompt(toy_segmenter.backbone.max_sequence_length), noisy_as_clean():
-        during = score(toy_segmenter, samples[:8], MethodConfig(), "during")
+    during = score(noisy_as_clean(padding_as_prompt(toy_segmenter)), samples[:8], MethodConfig(), "during")
     after = score(toy_segmenter, samples[:8], MethodConfig(), "after")
     assert (after.mIoU, after.ram_point_accuracy) == (before.mIoU, before.ram_point_accuracy)
     assert (during.mIoU, during.ram_point_accuracy) != (before.mIoU, before.ram_point_accuracy)

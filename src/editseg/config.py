@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from .errors import ConfigError
 from .probing.recorder import FEATURE_SITES
 from .text import PROMPT_TOKEN_SETS
+
+if TYPE_CHECKING:
+    from .backbones.base import Backbone
 
 MODES = ("full", "ram", "cam")
 """``full`` = RAM → prototypes → per-pixel classification (eqs. 3-6); ``ram`` / ``cam`` = the
@@ -84,6 +87,15 @@ class MethodConfig:
         """Settings that change the transformer forward; configs sharing it can share one forward."""
         steps = self.num_inference_steps if self.timestep_index else None
         return (self.prompt_tokens, self.instruction_template, self.seed, self.timestep_index, steps)
+
+    def resolved(self, backbone: "Backbone") -> "MethodConfig":
+        """This config on ``backbone``: ``feature_block=None`` becomes the backbone's default block,
+        and the attention and feature blocks are checked to exist (:class:`ConfigError` if not)."""
+        backbone.resolve_blocks(self.attention_blocks)
+        block = backbone.default_feature_block if self.feature_block is None else self.feature_block
+        if not 0 <= block < backbone.num_blocks:
+            raise ConfigError(f"feature_block {block} does not exist: {backbone.name} has blocks 0-{backbone.num_blocks - 1}.")
+        return self if block == self.feature_block else replace(self, feature_block=block)
 
     def replace(self, **changes: Any) -> "MethodConfig":
         return replace(self, **changes)

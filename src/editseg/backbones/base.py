@@ -1,20 +1,32 @@
-"""What every backbone offers the Segmenter: image and text preparation, and one probed forward."""
+"""The contract every backbone family implements: image and text preparation, the transformer's
+inputs at a denoising step, the token layout the probes read, and one probed forward.
+
+A family implements the abstract methods; :meth:`Backbone.probe_forward` is shared. Families that
+can decode the model's own first-step edit (FLUX.2 klein) set ``decodes_edits`` and implement
+:meth:`Backbone.first_step_clean_estimate` and :meth:`Backbone.decode_tokens`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from PIL import Image
 
 from ..config import BlockSelection
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedModelError
 from ..geometry import ImageGeometry
-from ..probing.recorder import ProbePlan, ProbeRecorder
+from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import PromptTokens
 from .trajectory import TrajectoryCache
+
+RANDOM_WEIGHTS_NOTICE = (
+    "RANDOM WEIGHTS: model {name!r} is randomly initialised, so its output is meaningless. "
+    "It exists to try editseg offline; use a real model (e.g. --model flux2-klein-4b) for real masks."
+)
 
 
 @dataclass
@@ -38,13 +50,15 @@ class EncodedText:
 
 
 class Backbone(ABC):
-    """One model family: turns (image, instructions) into one probed forward at the first step."""
+    """One model family around a loaded pipeline: (image, instructions) → one probed forward."""
 
     name: str
+    pipeline: Any  # the loaded diffusers (or diffusers-like) pipeline; ``pipeline.transformer`` is probed
     num_double_blocks: int
     num_single_blocks: int
     is_random: bool = False  # True for randomly initialised models (output is meaningless)
     default_max_side: int | None = None  # longer-side cap applied before the model's own resize rule
+    decodes_edits: ClassVar[bool] = False  # first_step_clean_estimate / decode_tokens are implemented
 
     @property
     def num_blocks(self) -> int:
@@ -83,6 +97,7 @@ class Backbone(ABC):
     def device(self) -> torch.device:
         """Where inputs are placed for the forward."""
 
+    # -- inputs ------------------------------------------------------------------------------------
     @abstractmethod
     def prepare_image(self, image: Image.Image, max_side: int | None = None) -> PreparedImage:
         """Resize/crop as the model's own pipeline does and encode the clean reference tokens.
@@ -99,8 +114,52 @@ class Backbone(ABC):
         ``image`` is the prepared image, for text encoders that see it (Qwen2.5-VL); others ignore it."""
 
     @abstractmethod
+    def first_step_inputs(self, image: PreparedImage, text: EncodedText, seed: int) -> dict[str, Any]:
+        """The transformer's keyword arguments at the first denoising step (sigma 1); one noise
+        draw (from ``seed``) shared by the whole batch."""
+
+    def step_inputs(
+        self, image: PreparedImage, text: EncodedText, seed: int, step_index: int = 0, num_steps: int = 28
+    ) -> dict[str, Any]:
+        """Transformer kwargs at step ``step_index`` of a ``num_steps`` schedule (later steps first
+        denoise with the model's own sampler). This default serves the first step only."""
+        if step_index != 0:
+            raise ConfigError(
+                f"{self.name}: only the first denoising step (timestep index 0) is implemented for this "
+                f"backbone; got timestep index {step_index}."
+            )
+        return self.first_step_inputs(image, text, seed)
+
+    @abstractmethod
+    def layout_for(self, image: PreparedImage, text: EncodedText) -> TokenLayout:
+        """Where text, noisy and clean tokens sit in the joint sequence of this forward."""
+
+    # -- the probed forward -----------------------------------------------------------------------
+    @abstractmethod
+    def probes_installed(self, recorder: ProbeRecorder) -> AbstractContextManager[None]:
+        """A context in which the transformer's attention runs through probe processors that
+        report to ``recorder`` (the originals are restored on exit)."""
+
+    def run_transformer(self, inputs: dict[str, Any]) -> Any:
+        """One transformer forward on ``inputs`` (from :meth:`step_inputs`)."""
+        return self.pipeline.transformer(**inputs, return_dict=False)
+
     def probe_forward(
         self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28
     ) -> ProbeRecorder:
         """One transformer forward with probes installed, at step ``step_index`` of a
         ``num_steps`` schedule (0 = the first step, sigma 1; later steps denoise first)."""
+        recorder = ProbeRecorder(plan)
+        inputs = self.step_inputs(image, text, seed, step_index, num_steps)
+        with torch.inference_mode(), self.probes_installed(recorder):
+            self.run_transformer(inputs)
+        return recorder
+
+    # -- the model's own edit (families with decodes_edits) ----------------------------------------
+    def first_step_clean_estimate(self, image: PreparedImage, text: EncodedText, seed: int = 0) -> torch.Tensor:
+        """The edited image the model predicts at the first step, as packed latent tokens."""
+        raise UnsupportedModelError(f"{self.name} does not decode its first-step edit.")
+
+    def decode_tokens(self, tokens: torch.Tensor, image: PreparedImage) -> list[Image.Image]:
+        """Packed latent tokens of ``image``'s grid → RGB images."""
+        raise UnsupportedModelError(f"{self.name} does not decode latent tokens.")

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..errors import ExpressionError, ImageLoadError
 from ..geometry import ImageGeometry
-from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
+from ..probing.recorder import ProbeRecorder, TokenLayout
 from ..text import align_prompt
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
@@ -327,16 +327,8 @@ class FluxKontextBackbone(Backbone):
         clean = image.tensors["latents"].shape[1]
         return TokenLayout(text_len=text.text_len, noisy_len=noisy, clean_len=clean, grid=image.geometry.grid)
 
-    def probe_forward(
-        self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28
-    ) -> ProbeRecorder:
-        """One transformer forward with probes installed, at step ``step_index`` of a ``num_steps``
-        schedule (0, the default and the paper's choice: the first step, sigma 1)."""
-        recorder = ProbeRecorder(plan)
-        inputs = self.step_inputs(image, text, seed, step_index, num_steps)
-        with torch.inference_mode(), probes_installed(self.pipeline.transformer, recorder):
-            self.pipeline.transformer(**inputs, return_dict=False)
-        return recorder
+    def probes_installed(self, recorder: ProbeRecorder):
+        return probes_installed(self.pipeline.transformer, recorder)
 
 
 ALIASES = {"flux1-kontext": "black-forest-labs/FLUX.1-Kontext-dev"}

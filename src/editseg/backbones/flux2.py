@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
-from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
+from ..probing.recorder import ProbeRecorder, TokenLayout
 from ..text import align_prompt
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
@@ -103,6 +103,8 @@ class Flux2KleinBackbone(Backbone):
     ``pipeline`` may hold real weights (``load_flux2_klein``) or a tiny random model
     (``editseg.backbones.tiny``); the code path is the same.
     """
+
+    decodes_edits = True
 
     def __init__(
         self,
@@ -336,14 +338,8 @@ class Flux2KleinBackbone(Backbone):
         clean = image.tensors["latents"].shape[1]
         return TokenLayout(text_len=text.text_len, noisy_len=clean, clean_len=clean, grid=image.geometry.grid)
 
-    def probe_forward(
-        self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28
-    ) -> ProbeRecorder:
-        recorder = ProbeRecorder(plan)
-        inputs = self.step_inputs(image, text, seed, step_index, num_steps)
-        with torch.inference_mode(), probes_installed(self.pipeline.transformer, recorder):
-            self.pipeline.transformer(**inputs, return_dict=False)
-        return recorder
+    def probes_installed(self, recorder: ProbeRecorder):
+        return probes_installed(self.pipeline.transformer, recorder)
 
 
 ALIASES = {

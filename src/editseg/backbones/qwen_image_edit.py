@@ -52,7 +52,7 @@ from PIL import Image
 from ..config import BlockSelection
 from ..errors import ConfigError, ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
-from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
+from ..probing.recorder import ProbeRecorder, TokenLayout
 from ..text import PromptTokens, align_prompt
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, swapped_processors
@@ -414,14 +414,8 @@ class QwenImageEditBackbone(Backbone):
         _, rows, cols = image.tensors["img_shapes"][0]
         return TokenLayout(text_len=text.text_len, noisy_len=rows * cols, clean_len=clean, grid=image.geometry.grid)
 
-    def probe_forward(
-        self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28
-    ) -> ProbeRecorder:
-        recorder = ProbeRecorder(plan)
-        inputs = self.step_inputs(image, text, seed, step_index, num_steps)
-        with torch.inference_mode(), probes_installed(self.pipeline.transformer, recorder):
-            self.pipeline.transformer(**inputs, return_dict=False)
-        return recorder
+    def probes_installed(self, recorder: ProbeRecorder):
+        return probes_installed(self.pipeline.transformer, recorder)
 
 
 ALIASES = {

@@ -45,10 +45,10 @@ def demo_expressions(scene: ShapesSample, seed: int = 0) -> list[tuple[str, np.n
 def first_step_edits(segmenter: Segmenter, image: Image.Image, results) -> list[Image.Image]:
     """The model's own first-step edit per result (empty where the backbone cannot decode one)."""
     backbone = segmenter.backbone
-    if not hasattr(backbone, "first_step_clean_estimate"):
+    if not backbone.decodes_edits:
         return []
     prepared = backbone.prepare_image(image, max_side=segmenter.max_side)  # the geometry the masks used
-    text = backbone.encode_text([r.expression for r in results], [r.instruction for r in results], align=False)
+    text = backbone.encode_text([r.expression for r in results], [r.instruction for r in results])
     estimate = backbone.first_step_clean_estimate(prepared, text, segmenter.config.seed)
     return [edit.resize(image.size, Image.Resampling.NEAREST) for edit in backbone.decode_tokens(estimate, prepared)]
 

@@ -19,9 +19,11 @@ the first place looked; HF_HUB_OFFLINE=1 forbids downloads."""
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     from ..api import DEFAULT_MODEL
+    from ..methods.registry import DEFAULT_METHOD, METHODS
 
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=DEFAULT_MODEL, help=f"model name, hub id or local folder (default: {DEFAULT_MODEL})")
+    group.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"segmentation method (default: {DEFAULT_METHOD})")
+    group.add_argument("--model", default=None, help=f"model name, hub id or local folder (default: the method's; {DEFAULT_MODEL} for {DEFAULT_METHOD})")
     group.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     group.add_argument("--offload", default="none", choices=["none", "model", "sequential"], help="CPU offload: none; model (components move to the GPU in turn); sequential (layer by layer, least memory)")
@@ -120,24 +122,29 @@ def _segmenter_from_args(args: argparse.Namespace):
     import torch
 
     from ..api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
-    from ..backbones import TOY_SHAPES, load_backbone
+    from ..backbones import TOY_SHAPES
     from ..images import DEFAULT_MAX_PIXELS
+    from ..methods.registry import DEFAULT_METHOD
 
     config = _config_from_args(args)  # validate options before loading a big model
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    print(f"editseg: loading {args.model} ...", file=sys.stderr)
-    backbone = load_backbone(args.model, device=args.device, dtype=dtype, offload=args.offload)
-    if backbone.is_random:
-        banner = "!" * 78
-        print(f"{banner}\n{RANDOM_WEIGHTS_NOTICE.format(name=backbone.name)}\n{banner}", file=sys.stderr)
-    elif backbone.name == TOY_SHAPES:
-        print(TOY_SHAPES_NOTICE, file=sys.stderr)
+    print(f"editseg: loading {args.model or 'the default model'} for {args.method} ...", file=sys.stderr)
+    options = {}
+    if args.method == DEFAULT_METHOD:  # the method options above are early grounding's
+        options = {"config": config, "batch_size": args.batch_size, "max_side": args.max_side}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Segmenter(
-            backbone, config=config, batch_size=args.batch_size,
-            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_side=args.max_side,
-        )
+        segmenter = Segmenter.from_pretrained(
+            args.model, args.method, device=args.device, dtype=dtype, offload=args.offload,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, **options,
+        )  # fmt: skip
+    backbone = getattr(segmenter.method, "backbone", None)
+    if backbone is not None and backbone.is_random:
+        banner = "!" * 78
+        print(f"{banner}\n{RANDOM_WEIGHTS_NOTICE.format(name=backbone.name)}\n{banner}", file=sys.stderr)
+    elif backbone is not None and backbone.name == TOY_SHAPES:
+        print(TOY_SHAPES_NOTICE, file=sys.stderr)
+    return segmenter
 
 
 def run_segment(args: argparse.Namespace) -> int:

@@ -42,12 +42,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..config import MethodConfig
 from ..data.base import ReferringSample, group_by_image
 from ..geometry import ImageGeometry
-from ..probing.recorder import FEATURE_SITES, ProbePlan
+from ..probing.recorder import FEATURE_SITES
 from ..text import PROMPT_TOKEN_SETS
 from .metrics import separability_score
 from .plots import bar_chart, box_plot, heatmap_chart, line_chart, save_png, side_by_side
@@ -390,13 +389,8 @@ def run_sweep(
     if not built:
         raise EvaluationError("no sweep given.")
     default_block = backbone.default_feature_block
-
-    def resolved(config: MethodConfig) -> MethodConfig:  # feature_block None and the default are one config
-        return config if config.feature_block is not None else config.replace(feature_block=default_block)
-
-    configs: list[MethodConfig] = list(dict.fromkeys(resolved(c) for sweep in built for c in sweep.configs))
-    for config in configs:
-        segmenter._check_config(config)  # bad blocks fail before any work
+    # feature_block None and the default are one config; bad blocks fail here, before any work
+    configs: list[MethodConfig] = list(dict.fromkeys(c.resolved(backbone) for sweep in built for c in sweep.configs))
     out_dir = Path(out_dir)
     selection = select_samples(list(samples), ids=ids, limit=limit)
     without_gt = [s for s in selection if not s.has_mask]
@@ -427,7 +421,7 @@ def run_sweep(
     for sweep in built:
         rows = []
         for setting in sweep.settings:
-            run = runs[resolved(setting.config)]
+            run = runs[setting.config.resolved(backbone)]
             chosen = [r for r in run.records if r["id"] in selected]
             summary = summarize(run.settings, chosen)
             rows.append(SweepRow(setting, run.directory, summary["metrics"], summary["num_samples"]))
@@ -655,8 +649,6 @@ def separability_study(
     """
     from tqdm import tqdm
 
-    from ..images import load_image
-
     if site not in FEATURE_SITES:
         raise EvaluationError(f"feature site must be one of {', '.join(FEATURE_SITES)}, got {site!r}.")
     backbone = segmenter.backbone
@@ -696,7 +688,7 @@ def separability_study(
         todo = [s for s in selection if s.sample_id not in done]
         with tqdm(total=len(selection), initial=len(selection) - len(todo), unit="sample", desc="separability", disable=not progress) as bar:
             for _, group in group_by_image(todo):
-                new = _separability_image(segmenter, group, timesteps, blocks, site, num_steps, load_image)
+                new = _separability_image(segmenter, group, timesteps, blocks, site, num_steps)
                 if handle is not None:
                     for entry in new:
                         _write_line(handle, entry)
@@ -719,35 +711,31 @@ def separability_study(
 
 
 def _separability_image(
-    segmenter: "Segmenter", group: list[ReferringSample], timesteps: list[int], blocks: list[int], site: str, num_steps: int, load_image: Any
+    segmenter: "Segmenter", group: list[ReferringSample], timesteps: list[int], blocks: list[int], site: str, num_steps: int
 ) -> list[dict[str, Any]]:
-    """J for every sample of one image, timestep and block (one forward per timestep and batch)."""
-    backbone, config = segmenter.backbone, segmenter.config
-    rgb = load_image(group[0].load_image(), max_pixels=segmenter.max_pixels)
-    with torch.inference_mode():
-        image = backbone.prepare_image(rgb, max_side=segmenter.max_side)
-    grids = [mask_to_token_grid(s.load_mask(), image.geometry) for s in group]
+    """J for every sample of one image, timestep and block (one forward per timestep and batch;
+    the text is encoded once per batch)."""
+    segmenter.set_image(group[0].load_image())
+    geometry = segmenter.method.image.geometry
+    grids = [mask_to_token_grid(s.load_mask(), geometry) for s in group]
     values: list[dict[str, dict[str, float]]] = [{} for _ in group]
+    config = segmenter.config.replace(mode="ram")  # features below only: no prototype features of its own
     for start in range(0, len(group), segmenter.batch_size):
         batch = group[start : start + segmenter.batch_size]
         expressions = [s.expression for s in batch]
-        with torch.inference_mode():
-            text = backbone.encode_text(expressions, [segmenter.instruction_for(e, config) for e in expressions])
-            plan = ProbePlan(
-                layout=backbone.layout_for(image, text),
-                prompt_mask=torch.zeros(len(batch), text.text_len),
-                attention_blocks=frozenset(),
-                features={site: frozenset(blocks)},
-            )
-            for t in timesteps:
-                recorder = backbone.probe_forward(image, text, plan, seed=config.seed, step_index=t, num_steps=num_steps)
-                for i in range(len(batch)):
-                    fg = grids[start + i]
-                    if fg.all() or not fg.any():
-                        continue
-                    values[start + i][str(t)] = {
-                        str(b): separability_score(recorder.features[(site, b)][i].float().cpu().numpy(), fg) for b in blocks
-                    }
+        first = None
+        for t in timesteps:
+            at_t = config.replace(timestep_index=t, num_inference_steps=num_steps)
+            probe = segmenter.probe(expressions, [at_t], attention=False, features={site: blocks}, reuse_text=first)
+            first = first or probe
+            recorder = probe.recorder
+            for i in range(len(batch)):
+                fg = grids[start + i]
+                if fg.all() or not fg.any():
+                    continue
+                values[start + i][str(t)] = {
+                    str(b): separability_score(recorder.features[(site, b)][i].float().cpu().numpy(), fg) for b in blocks
+                }
     out = []
     for sample, grid, value in zip(group, grids, values):
         entry: dict[str, Any] = {"id": sample.sample_id, "image_id": sample.image_id, "fg_tokens": int(grid.sum()), "tokens": int(grid.size)}

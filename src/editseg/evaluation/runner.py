@@ -170,12 +170,10 @@ def run_settings(
     shard_spec: str | tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The settings a records file is tied to: model, method settings, input size, data, shard."""
-    config = config or segmenter.config
     backbone = segmenter.backbone
-    feature_block = backbone.default_feature_block if config.feature_block is None else config.feature_block
     return {
         "model": backbone.name,
-        "config": {**config.to_dict(), "feature_block": feature_block},
+        "config": (config or segmenter.config).resolved(backbone).to_dict(),
         "max_side": segmenter.max_side,
         **dataset_info(dataset),
         "shard": shard_label(shard_spec),

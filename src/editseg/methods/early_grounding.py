@@ -1,18 +1,32 @@
-"""The paper's method as pure functions of probe results (He et al., §3.2, eqs. 3-6).
+"""The early-grounding method (He et al., §3.2, eqs. 3-6) and :class:`EarlyGroundingMethod`.
 
-No model code here: inputs are the per-block CAM/RAM terms and clean-token features that a
-backbone's probes recorded, outputs are token-grid maps and masks.
+The maths are pure functions of probe results: inputs are the per-block CAM/RAM terms and
+clean-token features that a backbone's probes recorded, outputs are token-grid maps and masks.
+:class:`EarlyGroundingMethod` runs them on a :class:`~editseg.backbones.base.Backbone`: one probed
+forward per expression batch (:meth:`EarlyGroundingMethod.probe`), then the maths per config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from ..backbones import TOY_SHAPES, load_backbone
+from ..backbones.base import RANDOM_WEIGHTS_NOTICE, Backbone, EncodedText, PreparedImage
 from ..config import MethodConfig
+from ..errors import ConfigError, ExpressionError
 from ..geometry import ImageGeometry
+from ..probing.recorder import FEATURE_SITES, ProbePlan, ProbeRecorder, TokenLayout
+from ..results import SegmentationResult
+from ..text import PromptTokens, make_instruction, normalize_expression
+from .base import Method, memory_guard
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -94,3 +108,294 @@ def masks_at_input(maps: GroundingMaps, geometry: ImageGeometry, config: MethodC
         return geometry.to_input(maps.score) > 0
     chosen = maps.cam if config.mode == "cam" else maps.ram
     return geometry.to_input(chosen) > config.map_threshold
+
+
+# -- the method ------------------------------------------------------------------------------------
+
+PromptIndices = Callable[[PromptTokens, str], list[int]]
+LayoutOverride = Callable[[TokenLayout], TokenLayout]
+
+
+@dataclass
+class Probe:
+    """One probed forward for a batch of expressions: the encoded text, the plan and what was recorded.
+
+    ``recorder.cam`` / ``ram`` / ``features`` hold the per-block probe results (see
+    :class:`~editseg.probing.recorder.ProbeRecorder`); ``token_sets[i]`` are the text positions
+    counted as expression ``i``'s prompt.
+    """
+
+    expressions: list[str]
+    text: EncodedText
+    token_sets: list[list[int]]
+    plan: ProbePlan
+    recorder: ProbeRecorder
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def instructions(self) -> list[str]:
+        return [prompt.instruction for prompt in self.text.prompts]
+
+
+class EarlyGroundingMethod(Method):
+    """The paper's method on an editing backbone: one probed forward per expression batch.
+
+    ``predict_sweep`` evaluates several :class:`MethodConfig` from one forward where they share a
+    :meth:`~MethodConfig.forward_key`; :meth:`probe` is the lower-level call (one probed forward →
+    :class:`Probe`) that sweeps and studies build on.
+
+    ``layout_override`` and ``prompt_indices`` exist for diagnostics (deliberately broken variants
+    whose scores must drop): they replace the token layout the probes read and the text positions
+    counted as the prompt.
+    """
+
+    name: ClassVar[str] = "early-grounding"
+    requires: ClassVar[tuple[str, ...]] = ("editing-dit",)
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: MethodConfig | None = None,
+        batch_size: int = 8,
+        instruction_refiner: Callable[[str], str] | None = None,
+        max_side: int | None = None,
+        *,
+        layout_override: LayoutOverride | None = None,
+        prompt_indices: PromptIndices | None = None,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        self.backbone = backbone
+        self.config = config or MethodConfig()
+        self.batch_size = batch_size
+        self.instruction_refiner = instruction_refiner
+        self.max_side = max_side
+        self.layout_override = layout_override
+        self.prompt_indices = prompt_indices
+        self.image: PreparedImage | None = None
+        self.image_seconds = 0.0
+        if backbone.is_random:
+            warnings.warn(RANDOM_WEIGHTS_NOTICE.format(name=backbone.name), stacklevel=3)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        offload: str = "none",
+        components: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> "EarlyGroundingMethod":
+        """Load ``model`` (name, hub id or local folder; default toy-shapes) with
+        :func:`~editseg.backbones.load_backbone`. ``options``: ``config``, ``batch_size``,
+        ``instruction_refiner``, ``max_side``. ``components`` may name the ``editing-dit`` only."""
+        components = dict(components or {})
+        extra = sorted(set(components) - set(cls.requires))
+        if extra:
+            raise ConfigError(f"{cls.name} uses components {', '.join(cls.requires)} only; got {', '.join(extra)}.")
+        model = components.get("editing-dit", model) or TOY_SHAPES
+        return cls(load_backbone(model, device=device, dtype=dtype, offload=offload), **options)
+
+    # -- image -----------------------------------------------------------------------------------
+    def set_image(self, image: Image.Image) -> None:
+        """Pre-process and encode ``image`` (RGB) once; later predictions reuse it."""
+        start = time.perf_counter()
+        with memory_guard(self.backbone.device), torch.inference_mode():
+            self.image = self.backbone.prepare_image(image, max_side=self.max_side)
+        self.image_seconds = _elapsed(start, self.backbone.device)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(width, height) of the current image."""
+        return None if self.image is None else self.image.geometry.input_size
+
+    # -- settings ---------------------------------------------------------------------------------
+    def instruction_for(self, expression: str, config: MethodConfig | None = None) -> str:
+        """The instruction the editing model reads for ``expression``."""
+        config = config or self.config
+        if self.instruction_refiner is not None:
+            refined = self.instruction_refiner(expression)
+            if expression not in refined:
+                raise ExpressionError(
+                    f"The instruction refiner returned {refined!r}, which no longer contains the expression "
+                    f"{expression!r}; its tokens could not be located."
+                )
+            return refined
+        return make_instruction(expression, config.instruction_template)
+
+    def resolved(self, config: MethodConfig | None = None) -> MethodConfig:
+        """``config`` (default: this method's) checked against the backbone, defaults filled in."""
+        return (config or self.config).resolved(self.backbone)
+
+    # -- prediction -------------------------------------------------------------------------------
+    def predict(self, expressions: Sequence[str], config: MethodConfig | None = None) -> list[SegmentationResult]:
+        """One result per expression for the current image (see :meth:`set_image`)."""
+        return self.predict_sweep(expressions, [config or self.config])[0]
+
+    def predict_sweep(
+        self, expressions: Sequence[str], configs: Sequence[MethodConfig]
+    ) -> list[list[SegmentationResult]]:
+        """Results for every config (outer list) and expression (inner list).
+
+        Configs that differ only in what is computed from the probes (mode, blocks summed, feature
+        site/block, tau, similarity, thresholds) share one probed forward per batch, so an ablation
+        sweep costs one forward, not one per setting.
+        """
+        self._require_image()
+        expressions = [normalize_expression(e) for e in expressions]
+        if not expressions:
+            raise ExpressionError("No expressions given.")
+        if not configs:
+            raise ConfigError("No method configs given.")
+        configs = [self.resolved(c) for c in configs]
+        results: list[list[SegmentationResult]] = [[] for _ in configs]
+        groups: dict[tuple, list[int]] = {}
+        for index, config in enumerate(configs):
+            groups.setdefault(config.forward_key(), []).append(index)
+        for indices in groups.values():
+            shared = [configs[i] for i in indices]
+            for start in range(0, len(expressions), self.batch_size):
+                probe = self.probe(expressions[start : start + self.batch_size], shared)
+                for i, config in zip(indices, shared):
+                    results[i].extend(self.results(probe, config))
+        return results
+
+    def probe(
+        self,
+        expressions: Sequence[str],
+        configs: Sequence[MethodConfig] | None = None,
+        *,
+        attention: bool = True,
+        features: Mapping[str, Iterable[int]] | None = None,
+        reuse_text: Probe | None = None,
+    ) -> Probe:
+        """One probed forward of the current image with ``expressions`` (one batch).
+
+        Records what ``configs`` (default: this method's; they must share a ``forward_key``) need:
+        CAM/RAM terms at the union of their attention blocks (none with ``attention=False``) and
+        clean-token features where a config's mode is ``full``, plus ``features`` (site → blocks).
+        ``reuse_text`` skips text encoding by taking the text of an earlier probe of the same
+        expressions (e.g. the same batch at another timestep).
+        """
+        image = self._require_image()
+        backbone = self.backbone
+        configs = [self.resolved(c) for c in (configs or [self.config])]
+        head = configs[0]
+        if any(c.forward_key() != head.forward_key() for c in configs):
+            raise ConfigError("configs probed together must share a forward_key (prompt tokens, template, seed, timestep).")
+        expressions = [normalize_expression(e) for e in expressions]
+        wanted: dict[str, set[int]] = {}
+        for config in configs:
+            if config.mode == "full":
+                wanted.setdefault(config.feature_site, set()).add(config.feature_block)
+        for site, blocks in (features or {}).items():
+            if site not in FEATURE_SITES:
+                raise ConfigError(f"feature site must be one of {', '.join(FEATURE_SITES)}, got {site!r}.")
+            chosen = {int(b) for b in blocks}
+            bad = sorted(b for b in chosen if not 0 <= b < backbone.num_blocks)
+            if bad:
+                raise ConfigError(f"Blocks {bad} do not exist: {backbone.name} has blocks 0-{backbone.num_blocks - 1}.")
+            wanted.setdefault(site, set()).update(chosen)
+        device = backbone.device
+        with memory_guard(device), torch.inference_mode():
+            start = time.perf_counter()
+            if reuse_text is not None:
+                if reuse_text.expressions != expressions:
+                    raise ConfigError("reuse_text belongs to other expressions.")
+                text, token_sets = reuse_text.text, reuse_text.token_sets
+            else:
+                instructions = [self.instruction_for(e, head) for e in expressions]
+                text = backbone.encode_text(expressions, instructions, image=image)
+                token_sets = [self._prompt_indices(p, head.prompt_tokens) for p in text.prompts]
+            text_seconds = _elapsed(start, device)
+            prompt_mask = torch.zeros(len(expressions), text.text_len)
+            for row, indices in enumerate(token_sets):
+                prompt_mask[row, indices] = 1.0
+            layout = backbone.layout_for(image, text)
+            if self.layout_override is not None:
+                layout = self.layout_override(layout)
+            blocks = frozenset().union(*(backbone.resolve_blocks(c.attention_blocks) for c in configs)) if attention else frozenset()
+            plan = ProbePlan(
+                layout=layout,
+                prompt_mask=prompt_mask,
+                attention_blocks=blocks,
+                features={site: frozenset(b) for site, b in wanted.items()},
+            )
+            start = time.perf_counter()
+            recorder = backbone.probe_forward(
+                image, text, plan, seed=head.seed, step_index=head.timestep_index, num_steps=head.num_inference_steps
+            )
+            forward_seconds = _elapsed(start, device)
+        timings = {"text_encode_s": text_seconds, "transformer_s": forward_seconds}
+        return Probe(expressions, text, token_sets, plan, recorder, timings)
+
+    def results(self, probe: Probe, config: MethodConfig | None = None) -> list[SegmentationResult]:
+        """The method's results for one probed batch under ``config`` (whose blocks and features
+        the probe recorded)."""
+        config = self.resolved(config)
+        image = self._require_image()
+        backbone, device = self.backbone, self.backbone.device
+        with memory_guard(device), torch.inference_mode():
+            start = time.perf_counter()
+            ordered = sorted(backbone.resolve_blocks(config.attention_blocks))
+            maps = ground(
+                probe.recorder.stacked("cam", ordered),
+                probe.recorder.stacked("ram", ordered),
+                probe.recorder.features.get((config.feature_site, config.feature_block)),
+                image.geometry.grid,
+                config,
+            )
+            masks = masks_at_input(maps, image.geometry, config).cpu().numpy()
+            cam = image.geometry.to_input(maps.cam).cpu().numpy()
+            ram = image.geometry.to_input(maps.ram).cpu().numpy()
+            cam_tokens, ram_tokens = maps.cam.cpu().numpy(), maps.ram.cpu().numpy()
+            method_seconds = _elapsed(start, device)
+        timings = {
+            "image_encode_s": self.image_seconds,
+            **probe.timings,
+            "method_s": method_seconds,
+            "batch_size": float(len(probe.expressions)),
+        }
+        prompts = probe.text.prompts
+        return [
+            SegmentationResult(
+                expression=expression,
+                mask=masks[i],
+                method=self.name,
+                instruction=prompts[i].instruction,
+                maps={"cam": cam[i], "ram": ram[i]},
+                token_maps={"cam": cam_tokens[i], "ram": ram_tokens[i]},
+                point=_argmax_xy(ram[i]),
+                prompt_token_indices=probe.token_sets[i],
+                prompt_tokens=prompts[i].token_strings(probe.token_sets[i]),
+                timings=dict(timings),
+                model=backbone.name,
+                config=config.to_dict(),
+            )
+            for i, expression in enumerate(probe.expressions)
+        ]
+
+    # -- internals --------------------------------------------------------------------------------
+    def _require_image(self) -> PreparedImage:
+        if self.image is None:
+            raise ConfigError("No image set: call set_image(image) first, or use segment(image, expressions).")
+        return self.image
+
+    def _prompt_indices(self, prompt: PromptTokens, token_set: str) -> list[int]:
+        if self.prompt_indices is not None:
+            return self.prompt_indices(prompt, token_set)
+        return prompt.indices(token_set)
+
+
+def _argmax_xy(values: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the first maximum of an (H, W) map."""
+    row, col = np.unravel_index(int(np.argmax(values)), values.shape)
+    return int(col), int(row)
+
+
+def _elapsed(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

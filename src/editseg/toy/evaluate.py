@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -13,6 +12,8 @@ import numpy as np
 from ..config import MethodConfig
 from ..data.shapes import ShapesSample, shapes_benchmark
 from ..evaluation.metrics import MetricAccumulator, argmax_in_mask
+from ..probing.recorder import TokenLayout
+from ..text import PromptTokens
 
 
 @dataclass
@@ -111,64 +112,63 @@ def run_ablation(model: str, n: int, configs: Iterable[tuple[str, MethodConfig]]
     return [score(segmenter, samples, config, label) for label, config in rows]
 
 
-@contextmanager
-def padding_as_prompt(text_length: int):
+def _variant(segmenter, **hooks):
+    """A segmenter sharing ``segmenter``'s loaded backbone and settings, with diagnostic hooks
+    (``layout_override``, ``prompt_indices``) added to those it already has."""
+    from ..api import Segmenter
+    from ..methods.early_grounding import EarlyGroundingMethod
+
+    method = segmenter.method
+    kept = {"layout_override": method.layout_override, "prompt_indices": method.prompt_indices}
+    broken = EarlyGroundingMethod(
+        method.backbone, method.config, method.batch_size, method.instruction_refiner, method.max_side, **{**kept, **hooks}
+    )
+    return Segmenter(method=broken, max_pixels=segmenter.max_pixels)
+
+
+def padding_as_prompt(segmenter):
     """Broken variant: eqs. 3-4 summed over padding positions instead of the prompt's tokens."""
-    from ..text import PromptTokens
+    text_length = segmenter.backbone.max_sequence_length
 
-    original = PromptTokens.indices
-
-    def padding_indices(self, token_set: str = "expression") -> list[int]:
-        count = len(original(self, token_set))
-        padding = list(range(self.num_real_tokens, text_length))
+    def padding_indices(prompt: PromptTokens, token_set: str) -> list[int]:
+        count = len(prompt.indices(token_set))
+        padding = list(range(prompt.num_real_tokens, text_length))
         if not padding:
             raise ValueError("this instruction leaves no padding tokens")
         return padding[:count]
 
-    PromptTokens.indices = padding_indices
-    try:
-        yield
-    finally:
-        PromptTokens.indices = original
+    return _variant(segmenter, prompt_indices=padding_indices)
 
 
-@contextmanager
-def noisy_as_clean():
+class NoisyAsClean(TokenLayout):
+    """A layout whose clean range is the noisy one (pure noise at step 1)."""
+
+    @property
+    def clean(self) -> slice:
+        return self.noisy
+
+    @property
+    def clean_in_image_stream(self) -> slice:
+        return slice(0, self.noisy_len)
+
+
+def noisy_as_clean(segmenter):
     """Broken variant: the probes read the noisy tokens (pure noise at step 1) as the image."""
-    from ..backbones.flux2 import Flux2KleinBackbone
-    from ..probing.recorder import TokenLayout
 
-    class NoisyAsClean(TokenLayout):
-        @property
-        def clean(self) -> slice:
-            return self.noisy
-
-        @property
-        def clean_in_image_stream(self) -> slice:
-            return slice(0, self.noisy_len)
-
-    original = Flux2KleinBackbone.layout_for
-
-    def swapped(self, image, text):
-        layout = original(self, image, text)
+    def swapped(layout: TokenLayout) -> TokenLayout:
         return NoisyAsClean(layout.text_len, layout.noisy_len, layout.clean_len, layout.grid)
 
-    Flux2KleinBackbone.layout_for = swapped
-    try:
-        yield
-    finally:
-        Flux2KleinBackbone.layout_for = original
+    return _variant(segmenter, layout_override=swapped)
 
 
 def broken_variant_scores(segmenter, samples: Sequence[ShapesSample]) -> list[ToyScores]:
     """The full method, then the two deliberately broken token layouts (oracle: both must be worse)."""
     config = MethodConfig()
-    rows = [score(segmenter, samples, config, "full method")]
-    with padding_as_prompt(segmenter.backbone.max_sequence_length):
-        rows.append(score(segmenter, samples, config, "broken: padding tokens as the prompt"))
-    with noisy_as_clean():
-        rows.append(score(segmenter, samples, config, "broken: noisy tokens read as the clean ones"))
-    return rows
+    return [
+        score(segmenter, samples, config, "full method"),
+        score(padding_as_prompt(segmenter), samples, config, "broken: padding tokens as the prompt"),
+        score(noisy_as_clean(segmenter), samples, config, "broken: noisy tokens read as the clean ones"),
+    ]
 
 
 def markdown_table(rows: Sequence[ToyScores]) -> str:

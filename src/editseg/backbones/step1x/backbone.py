@@ -20,9 +20,9 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from ...errors import ConfigError, ExpressionError
+from ...errors import ExpressionError
 from ...geometry import ImageGeometry
-from ...probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
+from ...probing.recorder import ProbeRecorder, TokenLayout
 from ...text import align_prompt
 from ..base import Backbone, EncodedText, PreparedImage
 from .model import probes_installed
@@ -151,17 +151,8 @@ class Step1XEditBackbone(Backbone):
         clean = image.tensors["latents"].shape[1]
         return TokenLayout(text_len=text.text_len, noisy_len=clean, clean_len=clean, grid=image.geometry.grid)
 
-    def probe_forward(
-        self, image: PreparedImage, text: EncodedText, plan: ProbePlan, seed: int = 0, step_index: int = 0, num_steps: int = 28
-    ) -> ProbeRecorder:
-        """One probed DiT forward at the first denoising step (later steps are not implemented here)."""
-        if step_index != 0:
-            raise ConfigError(
-                f"{self.name}: only the first denoising step (timestep index 0) is implemented for Step1X-Edit; "
-                f"got timestep index {step_index}."
-            )
-        recorder = ProbeRecorder(plan)
-        inputs = self.first_step_inputs(image, text, seed)
-        with torch.inference_mode(), probes_installed(self.pipeline.transformer, recorder):
-            self.pipeline.transformer(**inputs)
-        return recorder
+    def probes_installed(self, recorder: ProbeRecorder):
+        return probes_installed(self.pipeline.transformer, recorder)
+
+    def run_transformer(self, inputs: dict) -> torch.Tensor:
+        return self.pipeline.transformer(**inputs)

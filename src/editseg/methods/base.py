@@ -1,0 +1,68 @@
+"""The interface every segmentation method implements; :class:`~editseg.api.Segmenter` drives it.
+
+A method is loaded once (``from_pretrained``), given an image (``set_image``, an RGB PIL image
+already read by :func:`editseg.images.load_image`) and asked for any number of expressions
+(``predict``). It returns one :class:`~editseg.results.SegmentationResult` per expression.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
+
+from PIL import Image
+
+from ..errors import OutOfMemoryError, out_of_memory_message
+from ..results import SegmentationResult
+
+COMPONENT_KINDS = ("editing-dit", "t2i-dit", "unet", "sam", "clip", "mllm")
+"""What a method may need loaded: an instruction-editing DiT, a text-to-image DiT, a UNet, SAM,
+CLIP or a multimodal LLM. ``Method.requires`` names a subset."""
+
+
+class Method(ABC):
+    """A referring-segmentation method over pretrained components."""
+
+    name: ClassVar[str]  # "early-grounding", "refam", "ref-diff"
+    requires: ClassVar[tuple[str, ...]]  # component kinds, see COMPONENT_KINDS
+
+    @abstractmethod
+    def set_image(self, image: Image.Image) -> None:
+        """Prepare ``image`` (RGB) once; later :meth:`predict` calls segment it."""
+
+    @abstractmethod
+    def predict(self, expressions: Sequence[str]) -> list[SegmentationResult]:
+        """One result per expression, in order, for the current image."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        offload: str = "none",
+        components: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> "Method":
+        """Load the method's components. ``model`` names the main model (default: the method's);
+        ``components`` overrides others by kind, e.g. ``{"sam": "facebook/sam-vit-base"}``;
+        ``options`` are the method's own settings."""
+
+
+@contextmanager
+def memory_guard(device: Any) -> Iterator[None]:
+    """Turn an out-of-memory failure on ``device`` into an :class:`~editseg.errors.OutOfMemoryError`
+    whose message lists ways to need less memory."""
+    import torch
+
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise OutOfMemoryError(out_of_memory_message(str(device))) from None
+    except RuntimeError as error:
+        if "can't allocate memory" in str(error) or "not enough memory" in str(error):
+            raise OutOfMemoryError(out_of_memory_message(str(device))) from None
+        raise
