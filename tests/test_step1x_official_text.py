@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from editseg.backbones.step1x.backbone import Step1XEditBackbone
+from editseg.errors import ConfigError
 from editseg.backbones.step1x.pipeline import PREFIX, pack_latents, unit_pixels, vlm_inputs
 from reference_vlm import reference_mrope_positions, rotary_positions
 
@@ -206,7 +207,7 @@ def test_backbone_vae_latent_switch(backbone, photo):
     try:
         sampled = backbone.prepare_image(photo).tensors["latents"]
         backbone.vae_latent = "median"
-        with pytest.raises(Exception, match="vae_latent"):
+        with pytest.raises(ConfigError, match="vae_latent"):
             backbone.prepare_image(photo)
     finally:
         backbone.vae_latent, backbone.vae_seed = "mean", 0

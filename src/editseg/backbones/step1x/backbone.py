@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from ...errors import ExpressionError
+from ...errors import ConfigError, ExpressionError
 from ...geometry import ImageGeometry
 from ...probing.recorder import ProbeRecorder, TokenLayout
 from ...text import align_prompt
