@@ -182,6 +182,7 @@ def main() -> None:
                 "extra_bare_mb": extra_bare / 2**20, "extra_probe_mb": extra_probe / 2**20,
                 "probe_only_mb": (extra_probe - extra_bare) / 2**20,
             })
+            print(f"{size}² {route}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
     print("\n| input | route | tokens | bare forward s | with probes s | time ratio (wall) | time ratio (CPU) "
           "| peak mem ratio (whole process) | forward extra MB bare → probes | probe-only MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
