@@ -236,10 +236,10 @@ def test_separability_equals_naive_computation(seg, data, tmp_path):
 
 
 def test_cli_eval_sweep_and_separability(tmp_path, capsys, monkeypatch, seg):
-    import editseg.cli.main as cli
+    import editseg.cli.options as cli
     from editseg.cli.main import main
 
-    monkeypatch.setattr(cli, "_segmenter_from_args", lambda args: seg)
+    monkeypatch.setattr(cli, "segmenter_from_args", lambda args: seg)
     out = tmp_path / "sweep"
     assert main(["eval-sweep", "--dataset", "shapes", "--limit", "1", "--sweep", "modules,tau", "--taus", "0.5,0.8", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out

@@ -27,17 +27,17 @@ def shared_model(monkeypatch, tiny_backbone):
     """Serve every ``--model`` from the session's warm tiny random backbone (loading is tested elsewhere)."""
     import warnings
 
-    import editseg.cli.main as cli
+    import editseg.cli.options as cli
     from editseg import Segmenter
 
     def segmenter_from_args(args):
         loads.append(args.model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Segmenter(tiny_backbone, config=cli._config_from_args(args), batch_size=args.batch_size, max_side=args.max_side)
+            return Segmenter(tiny_backbone, config=cli.config_from_args(args), batch_size=args.batch_size, max_side=args.max_side)
 
     loads: list[str] = []
-    monkeypatch.setattr(cli, "_segmenter_from_args", segmenter_from_args)
+    monkeypatch.setattr(cli, "segmenter_from_args", segmenter_from_args)
     return loads
 
 

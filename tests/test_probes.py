@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import diffusers.models.transformers.transformer_flux2 as flux2_module
-from editseg.backbones.flux2 import probes_installed
-from editseg.probing.recorder import ProbeRecorder, TokenLayout, clean_token_attention_statistics
+from editseg.probing.recorder import TokenLayout, clean_token_attention_statistics
 from reference import attention_output, capture_dispatch, expression_plan, full_attention, naive_maps
 
 
@@ -50,25 +49,6 @@ def test_probes_equal_naive_full_attention_on_every_block(tiny_backbone, random_
         torch.testing.assert_close(recorder.ram[block].double(), ram_ref, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
-def test_probes_leave_the_model_output_unchanged(tiny_backbone, random_image, route):
-    image, text = _inputs(tiny_backbone, ["the dog"], random_image)
-    features = {"attn": frozenset({1}), "adaln": frozenset({3}), "block": frozenset({0, 4})}
-    plan = _plan(tiny_backbone, image, text, features, route=route)
-    inputs = tiny_backbone.first_step_inputs(image, text, seed=0)
-    transformer = tiny_backbone.pipeline.transformer
-    with torch.no_grad():
-        bare = transformer(**inputs, return_dict=False)[0]
-        with probes_installed(transformer, ProbeRecorder(plan)):
-            probed = transformer(**inputs, return_dict=False)[0]
-        again = transformer(**inputs, return_dict=False)[0]
-    if route == "fused":  # the widened attention call reduces over 8 extra zero channels: rounding only
-        torch.testing.assert_close(probed, bare, rtol=1e-5, atol=1e-6)
-    else:
-        assert torch.equal(bare, probed)
-    assert torch.equal(bare, again)  # original processors restored
-
-
 def test_feature_sites_match_independent_captures(tiny_backbone, random_image):
     backbone = tiny_backbone
     image, text = _inputs(backbone, ["the red circle"], random_image)
@@ -99,17 +79,6 @@ def test_feature_sites_match_independent_captures(tiny_backbone, random_image):
         torch.testing.assert_close(recorder.features[("adaln", index)], attn_inputs[index][:, rows])
         output = block_outputs[index][1] if is_double else block_outputs[index]
         torch.testing.assert_close(recorder.features[("block", index)], output[:, rows])
-
-
-def test_only_requested_blocks_are_recorded(tiny_backbone, random_image):
-    image, text = _inputs(tiny_backbone, ["cat"], random_image)
-    plan = _plan(tiny_backbone, image, text)
-    plan.attention_blocks = frozenset({0, 3})
-    recorder = tiny_backbone.probe_forward(image, text, plan)
-    assert sorted(recorder.cam) == [0, 3] and sorted(recorder.ram) == [0, 3]
-    assert recorder.features == {}
-    with pytest.raises(KeyError):
-        recorder.stacked("cam", [1])
 
 
 def test_streaming_statistics_on_random_tensors_with_key_mask():

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import Any, Protocol, Sequence, Union
 
 from .errors import ConfigError
 from .probing.recorder import FEATURE_SITES
 from .text import PROMPT_TOKEN_SETS
-
-if TYPE_CHECKING:
-    from .backbones.base import Backbone
 
 MODES = ("full", "ram", "cam")
 """``full`` = RAM → prototypes → per-pixel classification (eqs. 3-6); ``ram`` / ``cam`` = the
@@ -20,6 +17,20 @@ BLOCK_SETS = ("all", "double", "single")
 SIMILARITIES = ("cosine", "dot")
 
 BlockSelection = Union[str, Sequence[int]]
+
+
+class BlockLayout(Protocol):
+    """What :meth:`MethodConfig.resolved` needs of a backbone (every :class:`~editseg.backbones.base.Backbone` has it)."""
+
+    name: str
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    @property
+    def default_feature_block(self) -> int: ...
+
+    def resolve_blocks(self, selection: BlockSelection) -> frozenset[int]: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ class MethodConfig:
         steps = self.num_inference_steps if self.timestep_index else None
         return (self.prompt_tokens, self.instruction_template, self.seed, self.timestep_index, steps)
 
-    def resolved(self, backbone: "Backbone") -> "MethodConfig":
+    def resolved(self, backbone: BlockLayout) -> "MethodConfig":
         """This config on ``backbone``: ``feature_block=None`` becomes the backbone's default block,
         and the attention and feature blocks are checked to exist (:class:`ConfigError` if not)."""
         backbone.resolve_blocks(self.attention_blocks)

@@ -17,7 +17,7 @@ CHAT_TEMPLATE = (
     "{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-_CORPUS = """remove the man in the red shirt on the left zebra right woman with a blue umbrella
+TOKENIZER_CORPUS = """remove the man in the red shirt on the left zebra right woman with a blue umbrella
 small large big little circle square triangle star diamond cross ball box disc green yellow purple
 orange white black brown pink grey gray dog cat car bus person people child boy girl near far
 above below behind front top bottom middle center leftmost rightmost biggest smallest second first
@@ -41,7 +41,7 @@ def byte_level_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None)
         show_progress=False,
     )
     if corpus is None:
-        corpus = [" ".join(_CORPUS[i : i + 12]) for i in range(0, len(_CORPUS), 3)] * 4
+        corpus = [" ".join(TOKENIZER_CORPUS[i : i + 12]) for i in range(0, len(TOKENIZER_CORPUS), 3)] * 4
     backend.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

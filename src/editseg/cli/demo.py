@@ -8,20 +8,34 @@ expression, and, for FLUX.2 backbones, the edit the model itself predicts at tha
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from ..api import Segmenter
 from ..data import shapes_grammar
 from ..data.shapes import ShapesSample, ShapesWorld
 from ..evaluation.metrics import mask_iou
 from ..viz import heatmap, overlay, panel_row, stack_rows
+from . import options
+
+if TYPE_CHECKING:
+    from ..api import Segmenter
 
 DEMO_SEED = 7
 DEMO_INDEX = 11
 KIND_ORDER = ("attribute", "superlative", "spatial", "relational")  # simplest expression that singles the object out
+
+
+def register(subparsers: Any) -> None:
+    """Add ``demo`` to the ``editseg`` sub-command parser."""
+    demo = subparsers.add_parser("demo", help="segment a built-in scene and write a picture to look at")
+    demo.add_argument("--out", default="editseg-demo", help="output folder (default: editseg-demo)")
+    options.add_model_options(demo)
+    options.add_method_options(demo)
 
 
 def demo_scene(image_size: int = 64) -> ShapesSample:
@@ -83,3 +97,13 @@ def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
     path = out_dir / "demo.png"
     stack_rows(rows).save(path)
     return path
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """``editseg demo``."""
+    out = run_demo(options.segmenter_from_args(args), Path(args.out))
+    print(f"editseg: demo picture written to {out}", file=sys.stderr)
+    return 0
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"demo": run_demo_command}

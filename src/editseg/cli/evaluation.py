@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.base import DatasetFilesNotFound, ReferringSample
-from ..evaluation.runner import EvaluationError
+from ..evaluation.records import EvaluationError
+from . import options
 
 __all__ = [
     "DATASETS",
@@ -55,8 +56,6 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add ``eval``, ``eval-merge``, ``eval-table``, ``eval-sweep`` and ``eval-separability`` to the ``editseg`` sub-command parser."""
-    from .main import _add_method_options, _add_model_options
-
     parser = subparsers.add_parser(
         "eval",
         help="score the method on RefCOCO/+/g, a manifest or the shapes benchmark (resumable, shardable)",
@@ -78,8 +77,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--save-masks", default=None, choices=["png", "rle"], help="also keep predicted masks: PNG files in <out>/masks or COCO RLE inside the records")
     run.add_argument("--gallery", type=int, default=0, metavar="K", help="write gallery.png with the K best and K worst samples (re-segments those 2K)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_model_options(parser)
-    _add_method_options(parser)
+    options.add_model_options(parser)
+    options.add_method_options(parser)
 
     merge = subparsers.add_parser(
         "eval-merge",
@@ -97,7 +96,7 @@ def register(subparsers: Any) -> None:
     table.add_argument("inputs", nargs="+", help="summary.json files or eval output folders holding summary.json")
     table.add_argument("--out", default=None, help="write the table to this file instead of printing it")
 
-    from ..evaluation.ablations import DEFAULT_TIMESTEPS, SWEEPS
+    from ..evaluation.sweeps import DEFAULT_TIMESTEPS, SWEEPS
 
     steps = ",".join(str(t) for t in DEFAULT_TIMESTEPS)
     sweep = subparsers.add_parser(
@@ -121,8 +120,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--limit", type=int, default=None, help="only the first N samples (for shapes: generate N, default 1000)")
     run.add_argument("--ids", default=None, help="comma-separated sample ids to evaluate")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_model_options(sweep)
-    _add_method_options(sweep)
+    options.add_model_options(sweep)
+    options.add_method_options(sweep)
 
     sep = subparsers.add_parser(
         "eval-separability",
@@ -143,8 +142,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--limit", type=int, default=None, help="only the first N samples (for shapes: generate N, default 1000)")
     run.add_argument("--ids", default=None, help="comma-separated sample ids")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_model_options(sep)
-    _add_method_options(sep)
+    options.add_model_options(sep)
+    options.add_method_options(sep)
 
 
 SWEEP_EPILOG = """Outputs in --out: configs/<setting>/records.jsonl + summary.json per distinct setting (ordinary
@@ -263,23 +262,21 @@ def _converted(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 def _eval(args: argparse.Namespace) -> int:
     """``editseg eval``."""
     from ..evaluation.report import write_gallery
+    from ..evaluation.records import check_resumable, read_records
     from ..evaluation.runner import (
-        check_resumable,
         dataset_info,
         evaluate,
-        read_records,
         records_filename,
         select_samples,
         shard_label,
         sibling_path,
     )
-    from .main import _config_from_args, _segmenter_from_args
 
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
     resolve_launcher_shard(args)
     if args.gallery < 0:
         raise EvaluationError(f"--gallery must be 0 or more, got {args.gallery}")
-    config = _config_from_args(args)  # validate method options before reading data
+    config = options.config_from_args(args)  # validate method options before reading data
     dataset = build_dataset(args)
     selection = select_samples(dataset, ids=ids, limit=args.limit, shard_spec=args.shard)
     _check_images(selection)
@@ -292,7 +289,7 @@ def _eval(args: argparse.Namespace) -> int:
         records_path,
         {"config": settings, "max_side": args.max_side, **dataset_info(dataset), "shard": shard_label(args.shard)},
     )
-    segmenter = _segmenter_from_args(args)
+    segmenter = options.segmenter_from_args(args)
     summary = evaluate(
         segmenter, dataset, records_path, limit=args.limit, ids=ids, shard=args.shard,
         save_masks=args.save_masks, progress=not args.no_progress,
@@ -391,19 +388,19 @@ run_eval_table = _converted(_eval_table)
 
 def _eval_sweep(args: argparse.Namespace) -> int:
     """``editseg eval-sweep``."""
-    from ..evaluation.ablations import parse_sweep_names, run_sweep
+    from ..evaluation.sweep_run import run_sweep
+    from ..evaluation.sweeps import parse_sweep_names
     from ..evaluation.runner import select_samples
-    from .main import _config_from_args, _segmenter_from_args
 
     names = parse_sweep_names(args.sweep)
     timesteps = _int_list(args.timesteps, "--timesteps")
     blocks = _int_list(args.blocks, "--blocks")
     taus = _float_list(args.taus, "--taus")
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
-    base = _config_from_args(args)
+    base = options.config_from_args(args)
     dataset = build_dataset(args)
     _check_images(select_samples(dataset, ids=ids, limit=args.limit))
-    segmenter = _segmenter_from_args(args)
+    segmenter = options.segmenter_from_args(args)
     results = run_sweep(
         segmenter, dataset, names, args.out, limit=args.limit, ids=ids, base=base, timesteps=timesteps or (),
         num_steps=args.num_steps, blocks=blocks, block_stride=args.block_stride, taus=taus,
@@ -417,17 +414,16 @@ def _eval_sweep(args: argparse.Namespace) -> int:
 
 def _eval_separability(args: argparse.Namespace) -> int:
     """``editseg eval-separability``."""
-    from ..evaluation.ablations import separability_study
+    from ..evaluation.separability import separability_study
     from ..evaluation.runner import select_samples
-    from .main import _config_from_args, _segmenter_from_args
 
     timesteps = _int_list(args.timesteps, "--timesteps") or []
     blocks = _int_list(args.blocks, "--blocks")
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
-    _config_from_args(args)
+    options.config_from_args(args)
     dataset = build_dataset(args)
     _check_images(select_samples(dataset, ids=ids, limit=args.limit))
-    segmenter = _segmenter_from_args(args)
+    segmenter = options.segmenter_from_args(args)
     summary = separability_study(
         segmenter, dataset, timesteps, blocks, args.site, num_steps=args.num_steps, limit=args.limit, ids=ids,
         out_dir=args.out, plot_block=args.plot_block, progress=not args.no_progress,

@@ -1,6 +1,8 @@
 """Evaluation: RIS metrics (oIoU, mIoU, Pr@t, point accuracy, feature separability), published numbers, the benchmark runner and ablation sweeps."""
 
-from .ablations import SWEEPS, Sweep, SweepResult, build_sweep, mask_to_token_grid, run_sweep, separability_study
+from .separability import mask_to_token_grid, separability_study
+from .sweep_run import run_sweep
+from .sweeps import SWEEPS, Sweep, SweepResult, build_sweep
 
 from .metrics import (
     PR_THRESHOLDS,
@@ -16,7 +18,8 @@ from .metrics import (
     separability_score,
 )
 from .published import PUBLISHED, TABLES, PublishedTable, comparison_table
-from .runner import EvaluationError, SettingsMismatchError, evaluate, markdown_table, merge_records
+from .records import EvaluationError, SettingsMismatchError
+from .runner import evaluate, markdown_table, merge_records
 
 __all__ = [
     "PR_THRESHOLDS",

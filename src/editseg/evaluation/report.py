@@ -18,7 +18,7 @@ from ..config import MethodConfig
 from ..data.base import ReferringSample, group_by_image
 from ..viz import heatmap, overlay, panel_row, stack_rows
 from .metrics import mask_iou
-from .runner import EvaluationError, read_records
+from .records import EvaluationError, read_records
 
 if TYPE_CHECKING:
     from ..api import Segmenter

@@ -44,10 +44,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 import warnings
-import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,10 +54,19 @@ import numpy as np
 
 from ..config import MethodConfig
 from ..data.base import ReferringSample, group_by_image, parse_shard, shard
-from ..errors import EditsegError
 from ..masks import encode_rle, save_mask_png
 from .metrics import MetricAccumulator, SampleRecord, argmax_in_mask, intersection_union, iou_from_counts
 from .published import DEFAULT_COMPARISON, IIE_RIS_TABLE1, PublishedTable
+from .records import (
+    RECORDS_FORMAT,
+    EvaluationError,
+    SettingsMismatchError,
+    check_resumable,
+    compare_settings,
+    read_records,
+    safe_name,
+    write_line,
+)
 
 if TYPE_CHECKING:
     from ..api import Segmenter, SegmentationResult
@@ -84,17 +91,8 @@ __all__ = [
     "summarize",
 ]
 
-RECORDS_FORMAT = "editseg-eval-records/1"
 SUMMARY_FORMAT = "editseg-eval-summary/1"
 SAVE_MASKS = (None, "png", "rle")
-
-
-class EvaluationError(EditsegError):
-    """An evaluation cannot run or cannot be summarised as asked; the message says why."""
-
-
-class SettingsMismatchError(EvaluationError):
-    """A records file was written with other settings than the run that wants to resume or merge it."""
 
 
 # -- selection -------------------------------------------------------------------------------------
@@ -149,7 +147,7 @@ def select_samples(
     return selected
 
 
-# -- settings and records --------------------------------------------------------------------------
+# -- settings --------------------------------------------------------------------------------------
 
 
 def dataset_info(dataset: Any) -> dict[str, Any]:
@@ -195,13 +193,6 @@ def sibling_path(records_path: str | Path, kind: str, suffix: str) -> Path:
     return path.with_name(f"{stem}.{kind}{suffix}")
 
 
-def _safe_name(sample_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", sample_id) or "sample"
-    if safe != sample_id:  # keep names unique when characters were replaced
-        safe += f"-{zlib.crc32(sample_id.encode('utf-8')):08x}"
-    return safe
-
-
 def sample_record(
     sample: ReferringSample,
     result: "SegmentationResult",
@@ -236,99 +227,6 @@ def sample_record(
         "size": [int(gt.shape[1]), int(gt.shape[0])],
         "timings": {**result.timings, **(timings or {})},
     }
-
-
-def read_records(path: str | Path, repair: bool = False) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """``(header, records)`` of a records file; ``(None, [])`` for a missing or empty one.
-
-    A last line that is not valid JSON (a write cut short) is dropped with a warning, and with
-    ``repair=True`` also cut from the file (a missing final newline is added), so appends stay
-    line-aligned. Any other bad line, a missing header or a repeated id raises :class:`EvaluationError`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return None, []
-    data = path.read_bytes()
-    lines = data.splitlines(keepends=True)
-    header: dict[str, Any] | None = None
-    records: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    offset = 0
-    cut_at: int | None = None
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for number, line in enumerate(lines, start=1):
-        start, offset = offset, offset + len(line)
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-            if not isinstance(value, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as error:
-            if number - 1 == last:
-                warnings.warn(f"{path}:{number}: dropping a truncated last line ({error})", stacklevel=2)
-                cut_at = start
-                break
-            raise EvaluationError(f"{path}:{number}: not a valid record line ({error}); the file is damaged.") from None
-        if header is None:
-            if value.get("format") != RECORDS_FORMAT or not isinstance(value.get("settings"), dict):
-                raise EvaluationError(
-                    f"{path} does not start with an editseg records header ({RECORDS_FORMAT}); "
-                    "is it an editseg eval records file?"
-                )
-            header = value
-            continue
-        if not {"id", "intersection", "union"} <= value.keys():
-            raise EvaluationError(f"{path}:{number}: a record needs 'id', 'intersection' and 'union'.")
-        if value["id"] in seen:
-            raise EvaluationError(f"{path}:{number}: sample {value['id']!r} is recorded twice.")
-        seen.add(value["id"])
-        records.append(value)
-    if repair:
-        if cut_at is not None:
-            with path.open("r+b") as handle:
-                handle.truncate(cut_at)
-        elif data and not data.endswith(b"\n"):
-            with path.open("ab") as handle:
-                handle.write(b"\n")
-    return header, records
-
-
-def _write_line(handle: Any, value: dict[str, Any]) -> None:
-    handle.write(json.dumps(value, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _compare_settings(expected: dict[str, Any], found: dict[str, Any], where: str, ignore: Sequence[str] = ()) -> None:
-    expected, found = _flatten(expected), _flatten(found)
-    keys = sorted((expected.keys() | found.keys()) - set(ignore))
-    differing = [k for k in keys if expected.get(k) != found.get(k)]
-    if differing:
-        details = "; ".join(f"{k}: {found.get(k)!r} there, {expected.get(k)!r} here" for k in differing)
-        raise SettingsMismatchError(
-            f"{where} was written with other settings ({details}). Use another output folder or records "
-            "file for these settings, or delete the old one to start over."
-        )
-
-
-def check_resumable(records_path: str | Path, partial_settings: dict[str, Any]) -> None:
-    """Raise :class:`SettingsMismatchError` early (e.g. before loading a model) if an existing records
-    file disagrees with any of ``partial_settings`` (nested keys may be left out)."""
-    header, _ = read_records(records_path)
-    if header is None:
-        return
-    wanted = _flatten(partial_settings)
-    found = {k: v for k, v in _flatten(header["settings"]).items() if k in wanted}
-    _compare_settings(wanted, found, str(records_path))
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -372,7 +270,7 @@ def evaluate(
     records_path.parent.mkdir(parents=True, exist_ok=True)
     header, records = read_records(records_path, repair=True)
     if header is not None:
-        _compare_settings(settings, header["settings"], str(records_path))
+        compare_settings(settings, header["settings"], str(records_path))
     done = {r["id"] for r in records}
     todo = [s for s in selection if s.sample_id not in done]
     mask_dir = records_path.parent / "masks"
@@ -383,12 +281,12 @@ def evaluate(
         desc=f"eval {settings['dataset']} {settings['split']}".rstrip(), disable=not progress, dynamic_ncols=True,
     ) as bar:  # fmt: skip
         if header is None:
-            _write_line(handle, {"format": RECORDS_FORMAT, "settings": settings})
+            write_line(handle, {"format": RECORDS_FORMAT, "settings": settings})
             handle.flush()
         for _, group in group_by_image(todo):
             new = _evaluate_image(segmenter, group, config, save_masks, mask_dir, records_path.parent)
             for record in new:
-                _write_line(handle, record)
+                write_line(handle, record)
             handle.flush()
             os.fsync(handle.fileno())
             records.extend(new)
@@ -432,7 +330,7 @@ def _evaluate_image(
             record["mask_rle"] = encode_rle(result.mask)
         elif save_masks == "png":
             mask_dir.mkdir(parents=True, exist_ok=True)
-            path = mask_dir / f"{_safe_name(sample.sample_id)}.png"
+            path = mask_dir / f"{safe_name(sample.sample_id)}.png"
             save_mask_png(result.mask, path)
             record["mask_file"] = path.relative_to(base).as_posix()
         out.append(record)
@@ -575,7 +473,7 @@ def merge_records(
         if settings is None:
             settings, first = header["settings"], str(path)
         else:
-            _compare_settings(settings, header["settings"], f"{path} (compared with {first})", ignore=("shard",))
+            compare_settings(settings, header["settings"], f"{path} (compared with {first})", ignore=("shard",))
         shards.append(header["settings"].get("shard"))
         for record in found:
             if record["id"] in owners:

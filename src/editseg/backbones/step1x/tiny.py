@@ -50,7 +50,7 @@ def tiny_qwen_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from ..tiny import _CORPUS
+    from ..tiny import TOKENIZER_CORPUS
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -58,7 +58,7 @@ def tiny_qwen_tokenizer():
     trainer = trainers.BpeTrainer(
         vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    corpus = [" ".join(_CORPUS[i : i + 12]) for i in range(0, len(_CORPUS), 3)] * 4
+    corpus = [" ".join(TOKENIZER_CORPUS[i : i + 12]) for i in range(0, len(TOKENIZER_CORPUS), 3)] * 4
     backend.train_from_iterator(corpus, trainer=trainer)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *VL_SPECIALS]
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
