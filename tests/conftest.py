@@ -47,3 +47,13 @@ def random_image():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def toy_segmenter():
+    """The built-in default model (toy-shapes), loaded once per test session."""
+    from editseg import Segmenter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Segmenter.from_pretrained()

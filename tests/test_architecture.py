@@ -1,6 +1,6 @@
 """The package's shape, read from its source with ``ast`` (nothing is imported or run).
 
-- The core never imports a wing: wings (``evaluation``, ``toy``, ``cli``, ``serve``, ``train``)
+- The core never imports a wing: wings (``evaluation``, ``toy``, ``cli``, ``serve``, ``bulk``, ``train``)
   import the core, never the reverse; that includes imports inside functions, under
   ``TYPE_CHECKING`` and module paths named in strings (``importlib``, method registries).
 - No private name crosses a module: ``from editseg.x import _y`` (or ``from .x import _y``) is
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "src" / "editseg"
-WINGS = ("editseg.evaluation", "editseg.toy", "editseg.cli", "editseg.serve", "editseg.train")
+WINGS = ("editseg.evaluation", "editseg.toy", "editseg.cli", "editseg.serve", "editseg.bulk", "editseg.train")
 MAX_LINES = 550
 
 

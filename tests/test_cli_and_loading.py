@@ -28,11 +28,11 @@ def test_segment_writes_mask_overlay_heatmaps_and_json(image_file, tmp_path, cap
     assert code == 0
     files = sorted(p.name for p in out.iterdir())
     assert files == sorted(
-        f"{stem}.{kind}" for stem in ("00-the-red-circle", "01-a-dog") for kind in ("mask.png", "overlay.png", "cam.png", "ram.png", "json")
+        f"{stem}.{kind}" for stem in ("photo-00-the-red-circle", "photo-01-a-dog") for kind in ("mask.png", "overlay.png", "cam.png", "ram.png", "json")
     )
-    record = json.loads((out / "00-the-red-circle.json").read_text())
+    record = json.loads((out / "photo-00-the-red-circle.json").read_text())
     assert record["instruction"] == "remove the red circle" and record["settings"]["tau"] == 0.7
-    mask = load_mask_png(out / "00-the-red-circle.mask.png")
+    mask = load_mask_png(out / "photo-00-the-red-circle.mask.png")
     assert mask.shape == (64, 80)
     np.testing.assert_array_equal(decode_rle(record["mask_rle"]), mask)
     assert record["mask_area"] == int(mask.sum())

@@ -19,7 +19,7 @@ def test_default_instruction_prepends_remove():
 
 @pytest.mark.parametrize("bad", ["", "   ", "!!", "\n\t"])
 def test_empty_expressions_are_refused(bad):
-    with pytest.raises(ExpressionError, match="empty"):
+    with pytest.raises(ExpressionError, match="empty|no words"):
         normalize_expression(bad)
 
 
@@ -44,11 +44,13 @@ def test_word_token_map_on_the_real_tokenizer(tiny_backbone):
         prompt.indices_for_words(["zebra"])
 
 
-def test_stop_word_only_expression_keeps_its_words(tiny_backbone):
+def test_content_tokens_drop_stop_words_and_never_fall_back_silently(tiny_backbone):
     prompt = tiny_backbone.encode_text(["the one on the left"], ["remove the one on the left"]).prompts[0]
     assert "".join(prompt.token_strings(prompt.indices("expression-content"))).split() == ["left"]
     prompt = tiny_backbone.encode_text(["the one"], ["remove the one"]).prompts[0]
-    assert prompt.indices("expression-content") == prompt.indices("expression")
+    assert prompt.indices("expression")  # the words exist ...
+    with pytest.raises(ExpressionError, match="no content words"):  # ... but the content set is empty
+        prompt.indices("expression-content")
 
 
 def test_too_long_expression_is_a_clear_error(tiny_backbone):

@@ -20,7 +20,7 @@ from .backbones import TOY_SHAPES, Backbone
 from .backbones.base import RANDOM_WEIGHTS_NOTICE
 from .config import MethodConfig
 from .errors import ConfigError
-from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_max_pixels
 from .methods.base import Method
 from .methods.early_grounding import EarlyGroundingMethod, Probe
 from .methods.registry import DEFAULT_METHOD, load_method
@@ -52,13 +52,15 @@ class Segmenter:
         max_side: int | None = None,
         *,
         method: Method | None = None,
+        reduce_oversize: bool = False,
     ):
         if (backbone is None) == (method is None):
             raise ConfigError("Give a backbone (for the early-grounding method) or a method, not both.")
+        self.max_pixels = validate_max_pixels(max_pixels)  # checked before any encoding
         if method is None:
             method = EarlyGroundingMethod(backbone, config, batch_size, instruction_refiner, max_side)
         self.method = method
-        self.max_pixels = max_pixels
+        self.reduce_oversize = reduce_oversize
 
     @classmethod
     def from_pretrained(
@@ -71,13 +73,15 @@ class Segmenter:
         offload: str = "none",
         components: Mapping[str, str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        reduce_oversize: bool = False,
         **options: Any,
     ) -> "Segmenter":
         """Load ``method`` (see :data:`~editseg.methods.registry.METHODS`) over ``model`` (name, hub
         id or local folder; default: the method's). ``options`` go to the method, e.g. ``config``,
         ``batch_size``, ``max_side`` for early grounding."""
+        validate_max_pixels(max_pixels)  # a bad limit fails before the model loads
         loaded = load_method(method, model, device=device, dtype=dtype, offload=offload, components=components, **options)
-        return cls(method=loaded, max_pixels=max_pixels)
+        return cls(method=loaded, max_pixels=max_pixels, reduce_oversize=reduce_oversize)
 
     # -- what the method holds --------------------------------------------------------------------
     @property
@@ -110,15 +114,28 @@ class Segmenter:
     def set_image(self, image: ImageInput) -> None:
         """Read ``image`` (path, PIL image or array; see :func:`~editseg.images.load_image`) and hand it
         to the method, which encodes it once for later :meth:`predict` calls."""
-        self.method.set_image(load_image(image, max_pixels=self.max_pixels))
+        self.method.set_image(load_image(image, max_pixels=self.max_pixels, reduce_oversize=self.reduce_oversize))
 
     def predict(self, expressions: str | Sequence[str], config: MethodConfig | None = None) -> list[SegmentationResult]:
-        """Segment each expression in the current image (a list, also for one string)."""
+        """Segment each expression in the current image (see :meth:`set_image`).
+
+        Always returns a list, one result per expression in order; a single string counts as a
+        list of one (``predict("the dog")[0]``), so batch code never has to branch. :meth:`segment`
+        is the one-shot convenience that mirrors its input instead: a string gives one result.
+        """
         if isinstance(expressions, str):
             expressions = [expressions]
         if config is None:
             return self.method.predict(list(expressions))
         return self._early_grounding("config=").predict(list(expressions), config)
+
+    def expression_problems(self, expressions: Sequence[str], config: MethodConfig | None = None) -> dict[str, str]:
+        """Why each unusable expression would be refused, without running the model:
+        ``{expression: message}`` (see :meth:`Method.expression_problems`); ``config`` is early
+        grounding's (its instruction template decides the token count)."""
+        if config is None:
+            return self.method.expression_problems(list(expressions))
+        return self._early_grounding("config=").expression_problems(list(expressions), config)
 
     def segment(
         self, image: ImageInput, expressions: str | Sequence[str], config: MethodConfig | None = None

@@ -14,6 +14,9 @@ MODES = ("full", "ram", "cam")
 attention map alone, binarised at ``map_threshold`` (the paper's Table 2 ablation uses 0.5)."""
 
 BLOCK_SETS = ("all", "double", "single")
+REFINEMENTS = ("none", "sam")
+"""``refine``: ``sam`` sharpens the mask with SAM (box + RAM peak → SAM; editseg's extension, not
+the paper's; see :mod:`editseg.methods.sam_refine`). Off by default."""
 SIMILARITIES = ("cosine", "dot")
 
 BlockSelection = Union[str, Sequence[int]]
@@ -70,9 +73,11 @@ class MethodConfig:
     seed: int = 0
     timestep_index: int = 0
     num_inference_steps: int = 28
+    refine: str = "none"
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
+        _choice("refine", self.refine, REFINEMENTS)
         _choice("feature_site", self.feature_site, FEATURE_SITES)
         _choice("prompt_tokens", self.prompt_tokens, PROMPT_TOKEN_SETS)
         _choice("similarity", self.similarity, SIMILARITIES)

@@ -31,6 +31,10 @@ class ConfigError(EditsegError):
     """An option has an invalid value or an invalid combination with other options."""
 
 
+class UnsafeFileError(EditsegError):
+    """A file editseg was asked to load holds more than plain data (code-running pickle content)."""
+
+
 class OutOfMemoryError(EditsegError):
     """The device ran out of memory; the message suggests ways to need less."""
 

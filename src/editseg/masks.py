@@ -27,7 +27,7 @@ def decode_rle(rle: dict) -> np.ndarray:
 
 def save_mask_png(mask: np.ndarray, path: str | Path) -> None:
     """Write a mask as an 8-bit PNG (0 background, 255 foreground)."""
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path, format="PNG")
 
 
 def load_mask_png(path: str | Path) -> np.ndarray:

@@ -74,13 +74,51 @@ def make_instruction(expression: str, template: str = "remove") -> str:
 
 
 def normalize_expression(expression: str) -> str:
-    """Collapse white space; refuse empty expressions."""
+    """Collapse white space; refuse expressions that cannot name anything.
+
+    Refused with :class:`ExpressionError`: non-strings, empty or blank text, text without a letter
+    or digit (punctuation, symbols, emoji: said so), and expressions made only of stop words
+    ("the", "it", "this one"): their prompt tokens carry no content, so the mask would be
+    meaningless whatever the model.
+    """
     if not isinstance(expression, str):
         raise ExpressionError(f"Expression must be a string, got {type(expression).__name__}.")
     cleaned = " ".join(expression.split())
-    if not cleaned or not _WORD_PATTERN.search(cleaned):
+    if not cleaned:
         raise ExpressionError(f"Expression {expression!r} is empty: give at least one word.")
+    words = _WORD_PATTERN.findall(cleaned)
+    if not words or not any(ch.isalnum() for word in words for ch in word):
+        raise ExpressionError(
+            f"Expression {_shown(cleaned)} has no words, only {_symbol_kind(cleaned)}: describe the object in words."
+        )
+    if all(word.lower() in STOP_WORDS for word in words):
+        raise ExpressionError(
+            f"Expression {_shown(cleaned)} is made only of stop words (articles, pronouns, prepositions), "
+            "so it names nothing to segment: add what the object is, e.g. 'the dog'."
+        )
     return cleaned
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _symbol_kind(text: str) -> str:
+    """"emoji", "punctuation" or "symbols": what a word-less expression consists of."""
+    import unicodedata
+
+    categories = {unicodedata.category(ch) for ch in text if not ch.isspace()}
+    if any(c == "So" or c == "Sk" or c == "Cs" for c in categories) or any(ord(ch) >= 0x1F000 for ch in text):
+        return "emoji or pictographs"
+    if categories and all(c.startswith("P") for c in categories):
+        return "punctuation"
+    return "symbols"
+
+
+def count_tokens(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Token counts of ``texts`` without truncation and without the tokenizer's "Token indices
+    sequence length is longer than ... indexing errors" warning (callers raise a clean error)."""
+    return [len(ids) for ids in tokenizer(list(texts), verbose=False)["input_ids"]]
 
 
 def split_words(text: str, start: int, end: int, expression_span: tuple[int, int]) -> list[Word]:
@@ -126,8 +164,11 @@ class PromptTokens:
             chosen = [w for w in self.words if w.in_expression]
         elif token_set == "expression-content":
             chosen = [w for w in self.words if w.in_expression and not w.is_stop_word]
-            if not chosen:  # an expression made only of stop words ("the one on the left")
-                chosen = [w for w in self.words if w.in_expression]
+            if not chosen:  # no silent fall-back: the result would record a setting it did not use
+                raise ExpressionError(
+                    f"Expression {self.expression!r} has no content words, so prompt_tokens='expression-content' "
+                    "selects no token; use prompt_tokens='expression' or add a content word."
+                )
         else:
             raise ConfigError(f"Unknown prompt token set {token_set!r}; choose one of {', '.join(PROMPT_TOKEN_SETS)}.")
         return sorted({i for w in chosen for i in w.token_indices})
@@ -141,8 +182,18 @@ class PromptTokens:
         return found
 
     def token_strings(self, indices: Sequence[int]) -> list[str]:
-        """The text of each token (as a substring of the encoder input)."""
-        return [self.text[self.offsets[i][0] : self.offsets[i][1]] for i in indices]
+        """The text of each token (as a substring of the encoder input), each character shown once.
+
+        Byte-level tokenizers split one CJK character or emoji into several tokens that all report
+        the character's span; the first shows it and the others show only what they add (often
+        ``""``), so ``"".join(...)`` of consecutive tokens is the text they cover, not "狗狗狗".
+        """
+        strings, covered = [], -1
+        for i in indices:
+            start, end = self.offsets[i]
+            strings.append(self.text[max(start, covered) : end] if end > covered else "")
+            covered = max(covered, end)
+        return strings
 
 
 def align_prompt(

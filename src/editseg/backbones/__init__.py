@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import OFFLINE_HINT, ModelNotFoundError, UnsupportedModelError
+from ..errors import OFFLINE_HINT, ConfigError, ModelNotFoundError, UnsupportedModelError
 from .base import Backbone, EncodedText, PreparedImage
 
 TINY_RANDOM = "tiny-random-flux2"
@@ -32,7 +32,7 @@ FAMILY_MODULES = ["editseg.backbones.flux2", "editseg.backbones.flux1_kontext", 
 PLANNED: dict[str, str] = {}
 OFFLOAD_MODES = ("none", "model", "sequential")
 
-__all__ = ["Backbone", "EncodedText", "PreparedImage", "load_backbone", "resolve_model_source", "known_models"]
+__all__ = ["Backbone", "EncodedText", "PreparedImage", "load_backbone", "resolve_device", "resolve_model_source", "known_models", "closest_model"]
 
 
 def _tiny_random(device: torch.device, dtype: torch.dtype) -> Backbone:
@@ -71,8 +71,23 @@ def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
     return Flux2KleinBackbone(pipeline, name=TOY_SHAPES, default_max_side=TOY_SHAPES_SIDE)
 
 
+TINY_STEP1X = "tiny-random-step1x"
+
+
+def _tiny_step1x(device: torch.device, dtype: torch.dtype) -> Backbone:
+    """Tiny random Step1X-Edit (its Qwen2.5-VL serves the instruction refiner in offline trials)."""
+    from .step1x import Step1XEditBackbone
+    from .step1x.tiny import build_tiny_step1x_pipeline
+
+    pipeline = build_tiny_step1x_pipeline().to(device)
+    if dtype != torch.float32:
+        pipeline = pipeline.to(dtype=dtype)
+    return Step1XEditBackbone(pipeline, name=TINY_STEP1X, is_random=True, default_max_side=TINY_MAX_SIDE)
+
+
 BUILT_IN: dict[str, tuple[Callable[[torch.device, torch.dtype], Backbone], str]] = {
     TINY_RANDOM: (_tiny_random, "built in, random weights (for trying editseg offline; output meaningless)"),
+    TINY_STEP1X: (_tiny_step1x, "built in, random Step1X-Edit weights incl. a tiny Qwen2.5-VL (offline trials, e.g. --refine-instruction)"),
     TOY_SHAPES: (_toy_shapes, "built in, the default: tiny FLUX.2-klein editor trained on the synthetic shapes world (64x64); "
         "grounds far above chance, weak masks (assets/toy-shapes/MODEL_CARD.md)"),
 }
@@ -93,6 +108,38 @@ def known_models() -> dict[str, str]:
     described.update(aliases())
     described.update({name: f"{label} (planned, not supported yet)" for name, label in PLANNED.items()})
     return described
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a usable :class:`torch.device` (default: CUDA when available, else CPU).
+
+    Raises :class:`~editseg.errors.ConfigError` for a name torch does not know (``banana``), a
+    device this torch build or machine lacks (``cuda`` on a CPU-only torch, ``mps`` off Apple) or an
+    index past the last GPU (``cuda:3`` with two); checked without loading any model.
+    """
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"Unknown device {device!r}: use cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)."
+        ) from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device {device}: {build} (torch {torch.__version__}). Use --device cpu, or install a CUDA build of torch.")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"--device {device}: there {'is' if count == 1 else 'are'} only {count} CUDA device(s), cuda:0-cuda:{count - 1}.")
+        return resolved
+    if resolved.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {device}: MPS (Apple GPU) is not available here. Use --device cpu.")
+        return resolved
+    raise ConfigError(f"--device {device}: editseg runs on cpu, cuda or mps, not {resolved.type}.")
 
 
 def resolve_model_source(model: str) -> str:
@@ -135,8 +182,31 @@ def _family_for(source: str, model: str) -> ModuleType:
     supported = ", ".join(aliases().values())
     if class_name is not None:
         raise UnsupportedModelError(f"{source} holds a {class_name}, which editseg does not support. Supported: {supported}.")
+    if "/" not in source and "\\" not in source and not Path(source).expanduser().exists():
+        # Not a known name, not a folder and not owner/name: never worth a network round trip.
+        raise UnsupportedModelError(unknown_model_message(model))
     # An unknown hub id: try the first family (FLUX.2 klein); its loader reports what is missing.
     return families()[0]
+
+
+def closest_model(model: str) -> str | None:
+    """The known model name (or hub id) most like ``model``, if any is close."""
+    import difflib
+
+    names = list(known_models()) + list(aliases().values())
+    lowered = {name.lower(): name for name in names}
+    match = difflib.get_close_matches(model.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
+
+
+def unknown_model_message(model: str) -> str:
+    """One line: ``model`` is unknown; the known names; the closest one."""
+    guess = closest_model(model)
+    hint = f" Did you mean {guess!r}?" if guess else ""
+    return (
+        f"Unknown model {model!r}.{hint} Known names: {', '.join(known_models())}; "
+        "or a hub id (owner/name) or a local folder holding model_index.json (see `editseg models`)."
+    )
 
 
 def load_backbone(
@@ -153,7 +223,7 @@ def load_backbone(
     """
     if offload not in OFFLOAD_MODES:
         raise UnsupportedModelError(f"offload must be one of {', '.join(OFFLOAD_MODES)}; got {offload!r}.")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
     if model in BUILT_IN:

@@ -59,6 +59,7 @@ class Backbone(ABC):
     is_random: bool = False  # True for randomly initialised models (output is meaningless)
     default_max_side: int | None = None  # longer-side cap applied before the model's own resize rule
     decodes_edits: ClassVar[bool] = False  # first_step_clean_estimate / decode_tokens are implemented
+    text_sees_image: ClassVar[bool] = True  # False where encode_text ignores the image, so an encoding can serve many images
 
     @property
     def num_blocks(self) -> int:
@@ -112,6 +113,12 @@ class Backbone(ABC):
         """Encode instructions exactly as the model's pipeline does and map words to tokens.
 
         ``image`` is the prepared image, for text encoders that see it (Qwen2.5-VL); others ignore it."""
+
+    def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int] | None:
+        """``(tokens each instruction needs, the most the model reads)``, from the tokenizer alone
+        (no encoder forward), or ``None`` where a backbone cannot tell before encoding. Lets whole
+        datasets be checked for too-long expressions before the first forward."""
+        return None
 
     @abstractmethod
     def first_step_inputs(self, image: PreparedImage, text: EncodedText, seed: int) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from PIL import Image
 from ..errors import ExpressionError, ImageLoadError
 from ..geometry import ImageGeometry
 from ..probing.recorder import ProbeRecorder, TokenLayout
-from ..text import align_prompt
+from ..text import align_prompt, count_tokens
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 
@@ -112,6 +112,8 @@ class FluxKontextBackbone(Backbone):
     pipeline's default canvas: 1024x1024, i.e. ``max_area`` pixels, whatever the reference);
     see the module docstring.
     """
+
+    text_sees_image = False  # the text encoder reads the instruction only
 
     def __init__(
         self,
@@ -204,6 +206,10 @@ class FluxKontextBackbone(Backbone):
         return fit_to_area(width, height, width * height, self.patch)
 
     # -- text ----------------------------------------------------------------------------------
+    def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int]:
+        """T5 tokens of each instruction, and the 512 the pipeline reads."""
+        return count_tokens(self.pipeline.tokenizer_2, list(instructions)), MAX_SEQUENCE_LENGTH
+
     def encode_text(
         self, expressions: Sequence[str], instructions: Sequence[str], image: PreparedImage | None = None
     ) -> EncodedText:
@@ -212,7 +218,7 @@ class FluxKontextBackbone(Backbone):
         pipe = self.pipeline
         tokenizer = pipe.tokenizer_2
         texts = list(instructions)
-        full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        full_lengths = count_tokens(tokenizer, texts)  # quietly: the clean error below says it all
         for expression, length in zip(expressions, full_lengths):
             if length > MAX_SEQUENCE_LENGTH:
                 raise ExpressionError(

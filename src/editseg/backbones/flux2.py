@@ -26,7 +26,7 @@ from PIL import Image
 from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
 from ..probing.recorder import ProbeRecorder, TokenLayout
-from ..text import align_prompt
+from ..text import align_prompt, count_tokens
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 
@@ -105,6 +105,7 @@ class Flux2KleinBackbone(Backbone):
     """
 
     decodes_edits = True
+    text_sees_image = False  # the text encoder reads the instruction only
 
     def __init__(
         self,
@@ -142,13 +143,18 @@ class Flux2KleinBackbone(Backbone):
     def preprocess_geometry(self, size: tuple[int, int], max_side: int | None = None) -> ImageGeometry:
         """The pipeline's rule: above 1 MP, resize to 1 MP (aspect kept); then centre-crop each side
         down to a multiple of the patch (16 px). ``max_side`` (ours, optional) first shrinks the
-        image so that its longer side is at most ``max_side``, but not its shorter side below 64 px."""
+        image so that its longer side is at most ``max_side``, but not its shorter side below 64 px.
+        Images with a side under 64 px (which the pipeline refuses) are enlarged to 64 px on that
+        side, aspect kept; their masks still come back at the input size."""
         width, height = size
         resized = (width, height)
         if max_side is not None and max(resized) > max_side:
             # never below the pipeline's 64 px minimum on the short side
             scale = max(max_side / max(resized), min(1.0, MIN_SIDE / min(resized)))
             resized = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if min(resized) < MIN_SIDE:
+            scale = MIN_SIDE / min(resized)
+            resized = (max(MIN_SIDE, math.ceil(resized[0] * scale)), max(MIN_SIDE, math.ceil(resized[1] * scale)))
         if resized[0] * resized[1] > MAX_AREA:
             scale = math.sqrt(MAX_AREA / (resized[0] * resized[1]))
             resized = (int(resized[0] * scale), int(resized[1] * scale))
@@ -187,6 +193,11 @@ class Flux2KleinBackbone(Backbone):
             enable_thinking=False,
         )
 
+    def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int]:
+        """Tokens of each chat-templated instruction, and :attr:`max_sequence_length`."""
+        texts = [self.chat_text(instruction) for instruction in instructions]
+        return count_tokens(self.pipeline.tokenizer, texts), self.max_sequence_length
+
     def encode_text(
         self,
         expressions: Sequence[str],
@@ -199,7 +210,7 @@ class Flux2KleinBackbone(Backbone):
         pipe = self.pipeline
         tokenizer = pipe.tokenizer
         texts = [self.chat_text(instruction) for instruction in instructions]
-        full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        full_lengths = count_tokens(tokenizer, texts)  # quietly: the clean error below says it all
         for expression, length in zip(expressions, full_lengths):
             if length > self.max_sequence_length:
                 raise ExpressionError(

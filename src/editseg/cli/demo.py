@@ -101,7 +101,12 @@ def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """``editseg demo``."""
-    out = run_demo(options.segmenter_from_args(args), Path(args.out))
+    from .writers import check_output_dir
+
+    options.config_from_args(args)
+    out_dir = check_output_dir(args.out)  # before the model loads
+    args.photo_hint = False  # a shapes scene: no "for photos use a real model" notice
+    out = run_demo(options.segmenter_from_args(args), out_dir)
     print(f"editseg: demo picture written to {out}", file=sys.stderr)
     return 0
 

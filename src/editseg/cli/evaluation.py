@@ -76,6 +76,7 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--save-masks", default=None, choices=["png", "rle"], help="also keep predicted masks: PNG files in <out>/masks or COCO RLE inside the records")
     run.add_argument("--gallery", type=int, default=0, metavar="K", help="write gallery.png with the K best and K worst samples (re-segments those 2K)")
+    run.add_argument("--invalid", default="record", choices=["record", "refuse"], help="samples the model cannot take (no words, stop words only, over its token limit, unreadable image): record them as failed, IoU 0, counted and listed in the summary, and go on (default); or refuse: check every sample first and stop before any forward, listing them")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     options.add_model_options(parser)
     options.add_method_options(parser)
@@ -271,6 +272,7 @@ def _eval(args: argparse.Namespace) -> int:
         shard_label,
         sibling_path,
     )
+    from .writers import check_output_dir
 
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
     resolve_launcher_shard(args)
@@ -285,14 +287,19 @@ def _eval(args: argparse.Namespace) -> int:
     settings = config.to_dict()
     if settings["feature_block"] is None:
         del settings["feature_block"]  # the backbone's default, known once it is loaded
+    early = {"config": settings, "max_side": args.max_side}
+    if args.method != "early-grounding":  # the method options are early grounding's; others record their own
+        early = {"method": args.method}
     check_resumable(  # before loading the model: a mismatch fails in seconds, not minutes
-        records_path,
-        {"config": settings, "max_side": args.max_side, **dataset_info(dataset), "shard": shard_label(args.shard)},
+        records_path, {**early, **dataset_info(dataset), "shard": shard_label(args.shard)},
     )
-    segmenter = options.segmenter_from_args(args)
+    if args.invalid == "refuse":  # what can be judged without the model's tokenizer, before loading it
+        _refuse_unusable_expressions(selection, records_path)
+    check_output_dir(out)
+    segmenter = options.segmenter_from_args(_shapes_only_hint(args))
     summary = evaluate(
         segmenter, dataset, records_path, limit=args.limit, ids=ids, shard=args.shard,
-        save_masks=args.save_masks, progress=not args.no_progress,
+        save_masks=args.save_masks, progress=not args.no_progress, invalid=args.invalid,
     )  # fmt: skip
     _print_summary(summary, records_path)
     if args.gallery:
@@ -307,6 +314,29 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_unusable_expressions(selection: list[ReferringSample], records_path: Path) -> None:
+    from ..errors import ExpressionError
+    from ..text import normalize_expression
+    from ..evaluation.runner import read_records, refusal_message
+
+    done = {r["id"] for r in read_records(records_path)[1]}
+    pending = [s for s in selection if s.sample_id not in done]
+    rejected = []
+    for sample in pending:
+        try:
+            normalize_expression(sample.expression)
+        except ExpressionError as error:
+            rejected.append((sample, str(error)))
+    if rejected:
+        raise EvaluationError(refusal_message(rejected, len(pending)))
+
+
+def _shapes_only_hint(args: argparse.Namespace) -> argparse.Namespace:
+    """Mark shapes-only runs so the loader skips toy-shapes' "for photos use a real model" notice."""
+    args.photo_hint = args.dataset != "shapes"
+    return args
+
+
 def _print_summary(summary: dict[str, Any], where: Path) -> None:
     m = summary["metrics"]
 
@@ -318,6 +348,13 @@ def _print_summary(summary: dict[str, Any], where: Path) -> None:
         f"{dataset} {split}: {summary['num_samples']} samples  oIoU {pct('oIoU')}  mIoU {pct('mIoU')}  "
         f"Pr@0.5 {pct('Pr@0.5')}  Pr@0.9 {pct('Pr@0.9')}  point acc. {pct('point_accuracy')}"
     )
+    failed = summary.get("failed") or {}
+    if failed.get("count"):
+        shown = ", ".join(str(f["id"]) for f in failed["samples"][:5]) + (" ..." if failed["count"] > 5 else "")
+        print(f"editseg: {failed['count']} sample(s) failed and count as IoU 0 (reasons in summary.json): {shown}", file=sys.stderr)
+    outside = (summary.get("run") or {}).get("outside_selection")
+    if outside:
+        print(f"editseg: the records file holds {outside} more record(s) outside this selection (not counted)", file=sys.stderr)
     print(f"editseg: records, summary and table in {where.parent}", file=sys.stderr)
 
 
@@ -391,6 +428,7 @@ def _eval_sweep(args: argparse.Namespace) -> int:
     from ..evaluation.sweep_run import run_sweep
     from ..evaluation.sweeps import parse_sweep_names
     from ..evaluation.runner import select_samples
+    from .writers import check_output_dir
 
     names = parse_sweep_names(args.sweep)
     timesteps = _int_list(args.timesteps, "--timesteps")
@@ -400,7 +438,8 @@ def _eval_sweep(args: argparse.Namespace) -> int:
     base = options.config_from_args(args)
     dataset = build_dataset(args)
     _check_images(select_samples(dataset, ids=ids, limit=args.limit))
-    segmenter = options.segmenter_from_args(args)
+    check_output_dir(args.out)
+    segmenter = options.segmenter_from_args(_shapes_only_hint(args))
     results = run_sweep(
         segmenter, dataset, names, args.out, limit=args.limit, ids=ids, base=base, timesteps=timesteps or (),
         num_steps=args.num_steps, blocks=blocks, block_stride=args.block_stride, taus=taus,
@@ -416,6 +455,7 @@ def _eval_separability(args: argparse.Namespace) -> int:
     """``editseg eval-separability``."""
     from ..evaluation.separability import separability_study
     from ..evaluation.runner import select_samples
+    from .writers import check_output_dir
 
     timesteps = _int_list(args.timesteps, "--timesteps") or []
     blocks = _int_list(args.blocks, "--blocks")
@@ -423,7 +463,8 @@ def _eval_separability(args: argparse.Namespace) -> int:
     options.config_from_args(args)
     dataset = build_dataset(args)
     _check_images(select_samples(dataset, ids=ids, limit=args.limit))
-    segmenter = options.segmenter_from_args(args)
+    check_output_dir(args.out)
+    segmenter = options.segmenter_from_args(_shapes_only_hint(args))
     summary = separability_study(
         segmenter, dataset, timesteps, blocks, args.site, num_steps=args.num_steps, limit=args.limit, ids=ids,
         out_dir=args.out, plot_block=args.plot_block, progress=not args.no_progress,

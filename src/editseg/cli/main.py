@@ -12,14 +12,14 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import EditsegError
-from . import demo, evaluation, models, segment, toy
-from .options import EPILOG
+from . import bulk, demo, evaluation, models, segment, serve, shapes, toy
+from .options import EPILOG, HelpParser
 
-COMMAND_GROUPS = (segment, demo, models, evaluation, toy)
+COMMAND_GROUPS = (segment, demo, shapes, models, evaluation, toy, serve, bulk)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = HelpParser(
         prog="editseg",
         description="Segment what a sentence refers to in a photo, from the grounding inside an image-editing model (one denoising step, no training).",
         epilog=EPILOG,

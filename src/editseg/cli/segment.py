@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 from . import options
@@ -22,9 +21,11 @@ def register(subparsers: Any) -> None:
         epilog=options.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    segment.add_argument("image", help="image file (any Pillow format; grayscale, alpha and 16-bit are converted)")
-    segment.add_argument("expressions", nargs="+", metavar="EXPR", help="referring expressions, e.g. 'the zebra on the left'")
+    segment.add_argument("image", help="image file (any Pillow format; grayscale, alpha and 16-bit are converted), or many: "
+                         "a folder, a quoted glob ('photos/**/*.jpg') or a manifest (.jsonl/.csv) → records.jsonl + masks/, resumable")
+    segment.add_argument("expressions", nargs="*", metavar="EXPR", help="referring expressions, e.g. 'the zebra on the left' (a manifest brings its own)")
     segment.add_argument("--out", default="editseg-out", help="output folder (default: editseg-out)")
+    segment.add_argument("--recursive", action="store_true", help="with a folder: also its sub-folders")
     options.add_model_options(segment)
     options.add_method_options(segment)
 
@@ -32,23 +33,33 @@ def register(subparsers: Any) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..images import DEFAULT_MAX_PIXELS, load_image
+    from ..bulk.folder import is_bulk_input
+    from ..errors import ExpressionError
+    from ..images import load_image
     from ..text import normalize_expression
-    from .writers import slug, write_result
+    from .writers import check_output_dir, output_stem, write_result
 
-    image = load_image(args.image, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)  # fail fast, before loading
+    if is_bulk_input(args.image):
+        from .bulk import run_segment_many
+
+        return run_segment_many(args)
+    if not args.expressions:
+        raise ExpressionError("Give one or more expressions after the image.")
+    # Everything that can be judged without the model, before the seconds-long load.
+    options.config_from_args(args)
+    image = load_image(args.image, max_pixels=options.max_pixels_from_args(args), reduce_oversize=args.reduce_large)
     for expression in args.expressions:
         normalize_expression(expression)
+    out_dir = check_output_dir(args.out)
     segmenter = options.segmenter_from_args(args)
     segmenter.set_image(image)
-    out_dir = Path(args.out)
     expressions = list(args.expressions)
     batches = range(0, len(expressions), segmenter.batch_size)
     with tqdm(total=len(expressions), unit="expr", desc="segmenting", disable=len(expressions) < 2) as progress:
         for start in batches:
             for offset, result in enumerate(segmenter.predict(expressions[start : start + segmenter.batch_size])):
                 index = start + offset
-                paths = write_result(result, image, out_dir, f"{index:02d}-{slug(result.expression)}", str(args.image))
+                paths = write_result(result, image, out_dir, output_stem(args.image, index, result.expression), str(args.image))
                 progress.write(f"{result.expression!r}: {result.area} px -> {paths['mask']}")
                 progress.update(1)
     print(f"editseg: wrote {len(expressions)} result(s) to {out_dir}", file=sys.stderr)

@@ -1,23 +1,61 @@
-"""Writing one expression's result: mask, overlay, CAM/RAM heatmaps and a JSON record."""
+"""Writing one expression's result: mask, overlay, CAM/RAM heatmaps and a JSON record.
+
+Each expression's files are written to temporary names and then renamed into place, the JSON
+record last, with Ctrl-C held back during the renames: an interrupted run leaves, per
+expression, either every file or none (a ``.json`` always has its PNGs).
+
+**JSON record.** ``width`` and ``height`` are the input image's size in pixels (what the mask
+covers). ``mask_rle`` is a COCO run-length encoding exactly as ``pycocotools.mask.encode`` gives it,
+so its ``size`` is ``[height, width]`` (COCO's order, column-major counts); decode it with
+``pycocotools.mask.decode`` or :func:`editseg.masks.decode_rle`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
 from ..masks import encode_rle, save_mask_png
 from ..results import SegmentationResult
 from ..viz import heatmap, overlay
 
 
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of an expression."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return (cleaned[:limit].rstrip("-")) or "expression"
+def slug(text: str, limit: int = 40, fallback: str = "expression") -> str:
+    """A file-name-safe short form of an expression: letters and digits of any script, dashes."""
+    cleaned = re.sub(r"[\W_]+", "-", text.lower()).strip("-")
+    return (cleaned[:limit].rstrip("-")) or fallback
+
+
+def output_stem(image: str | os.PathLike, index: int, expression: str) -> str:
+    """``<image stem>-<NN>-<expression slug>``: outputs of several images can share one folder."""
+    return f"{slug(Path(image).stem, fallback='image')}-{index:02d}-{slug(expression)}"
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed and prove it writable (a probe file is written and removed), so a
+    bad ``--out`` fails in a second with one line, not after the compute. Returns it as a Path."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is an existing file, not a folder: choose a folder path.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".editseg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(f"--out {out} is not writable ({reason}): choose a folder you can write to.") from None
+    return path
 
 
 def result_record(result: SegmentationResult, image_path: str | None = None) -> dict:
@@ -32,9 +70,10 @@ def result_record(result: SegmentationResult, image_path: str | None = None) -> 
         "settings": result.config,
         "prompt_tokens": result.prompt_tokens,
         "prompt_token_indices": result.prompt_token_indices,
-        "mask_rle": encode_rle(result.mask),
+        "width": int(result.mask.shape[1]),
+        "height": int(result.mask.shape[0]),
+        "mask_rle": encode_rle(result.mask),  # COCO RLE: its "size" is [height, width]
         "mask_area": result.area,
-        "size": [int(result.mask.shape[1]), int(result.mask.shape[0])],
         "maps": sorted(result.maps),
         "timings": result.timings,
     }
@@ -75,17 +114,42 @@ def write_result(
     result: SegmentationResult, image: Image.Image, out_dir: Path, stem: str, image_path: str | None = None
 ) -> dict[str, Path]:
     """Write ``<stem>.mask.png``, ``.overlay.png``, one heatmap per map of the method (early
-    grounding: ``.cam.png``, ``.ram.png``) and ``.json``."""
+    grounding: ``.cam.png``, ``.ram.png``) and ``.json``: all of them or none (see the module notes)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"{stem}.{kind}.png" for kind in ("mask", "overlay")}
-    save_mask_png(result.mask, paths["mask"])
-    overlay(image, result.mask).save(paths["overlay"])
-    for name, values in result.maps.items():
+    for name in result.maps:
         kind = map_kind(name)
         paths[kind] = out_dir / f"{stem}.{kind}.png"
-        heatmap(values).save(paths[kind])
     paths["json"] = out_dir / f"{stem}.json"
-    record = result_record(result, image_path)
-    record["files"] = {kind: path.name for kind, path in paths.items() if kind != "json"}
-    paths["json"].write_text(json.dumps(record, indent=2))
+    temporary = {kind: path.with_name(f".{path.name}.{os.getpid()}.tmp") for kind, path in paths.items()}
+    try:
+        save_mask_png(result.mask, temporary["mask"])
+        overlay(image, result.mask).save(temporary["overlay"], format="PNG")
+        for name, values in result.maps.items():
+            heatmap(values).save(temporary[map_kind(name)], format="PNG")
+        record = result_record(result, image_path)
+        record["files"] = {kind: path.name for kind, path in paths.items() if kind != "json"}
+        temporary["json"].write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+        with deferred_interrupt():
+            for kind in paths:  # the record last (dicts keep order): it vouches for the rest
+                os.replace(temporary[kind], paths[kind])
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
     return paths
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) inside the block and deliver it as KeyboardInterrupt right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt

@@ -79,8 +79,13 @@ class ReferringSample:
         path = Path(self.image_path)
         if not path.is_file():
             raise DatasetFilesNotFound(f"image of {self.describe()} not found: {path}")
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        try:  # no EXIF rotation: annotations are in the stored pixel orientation
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt file
+            from ..errors import ImageLoadError
+
+            raise ImageLoadError(f"Cannot read the image of {self.describe()} ({path}): {error}") from None
 
 
 class ReferringDataset(Sequence[ReferringSample]):

@@ -9,7 +9,10 @@ Expected files (the layout of the ``lichengunc/refer`` project, also used by LAV
 Every sentence of every ref in the chosen split is one sample; its ground truth is the union of
 all parts (polygons or RLE) of the ref's COCO annotation, at the original image resolution.
 
-The refs file is a pickle: only load files you trust.
+The refs file is a pickle. It is read with :class:`DataOnlyUnpickler`, which admits only builtin
+containers and scalars (dict, list, tuple, str, bytes, int, float, bool, None, set): a crafted
+file that names any class or function (the way pickles run code) is refused with
+:class:`~editseg.errors.UnsafeFileError` before anything is called.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..errors import UnsafeFileError
 from .base import DatasetFilesNotFound, ReferringDataset, ReferringSample
 
-__all__ = ["DEFAULT_SPLIT_BY", "SPLITS", "RefCOCODataset", "decode_segmentation"]
+__all__ = ["DEFAULT_SPLIT_BY", "SPLITS", "DataOnlyUnpickler", "RefCOCODataset", "decode_segmentation", "load_data_pickle"]
 
 #: Default ``split_by`` (who made the train/val/test split) of each dataset.
 DEFAULT_SPLIT_BY: dict[str, str] = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
@@ -100,13 +104,46 @@ class _CocoSample(ReferringSample):
             ) from None
 
 
+_SAFE_GLOBALS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset")}
+
+
+class DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler for plain data: any global other than ``set``/``frozenset`` is refused.
+
+    Pickles run code only through globals (a class or function named in the stream, then called
+    by REDUCE/BUILD/INST/OBJ/NEWOBJ); refusing every global at lookup means nothing is ever called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return set if name == "set" else frozenset
+        raise pickle.UnpicklingError(f"refuses {module}.{name}")
+
+
+def load_data_pickle(path: str | Path) -> Any:
+    """Read a pickle of builtin containers and scalars (see :class:`DataOnlyUnpickler`)."""
+    path = Path(path)
+    for encoding in ("ASCII", "latin1"):  # latin1: Python 2 pickles with non-ASCII byte strings
+        with path.open("rb") as handle:
+            try:
+                return DataOnlyUnpickler(handle, encoding=encoding).load()
+            except UnicodeDecodeError:
+                continue
+            except pickle.UnpicklingError as error:
+                if "refuses" in str(error):
+                    raise UnsafeFileError(
+                        f"{path} is not a plain-data pickle: it names {str(error).split('refuses ', 1)[1]}, which "
+                        "editseg will not load (a pickle that names code can run it). Use the refs file from "
+                        "the refer project (lichengunc/refer), or rebuild it from plain lists and dicts."
+                    ) from None
+                raise UnsafeFileError(f"{path} is not a readable pickle ({error}).") from None
+            except (EOFError, ValueError, IndexError, TypeError, AttributeError) as error:
+                raise UnsafeFileError(f"{path} is not a readable pickle (truncated or corrupt: {error}).") from None
+    raise UnsafeFileError(f"{path}: its strings are in no encoding editseg can read.")
+
+
 def _load_pickle(path: Path) -> Any:
-    with path.open("rb") as handle:
-        try:
-            return pickle.load(handle)
-        except UnicodeDecodeError:  # Python 2 pickles with non-ASCII byte strings
-            handle.seek(0)
-            return pickle.load(handle, encoding="latin1")
+    return load_data_pickle(path)
 
 
 class RefCOCODataset(ReferringDataset):

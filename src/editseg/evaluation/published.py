@@ -40,6 +40,7 @@ __all__ = [
     "PublishedTable",
     "comparison_table",
     "load_table",
+    "method_rows",
 ]
 
 Benchmark = tuple[str, str]
@@ -156,3 +157,19 @@ def comparison_table(
         values = [ours[col].get(metric) for col in columns]
         lines.append(f"| {metric} | **{label}** | " + " | ".join(cell(v) for v in values) + " |")
     return "\n".join(lines)
+
+
+METHOD_ROWS_FILE = TABLES_DIR.parent / "published_methods.json"
+
+
+def method_rows(method: str) -> list[tuple[str, PublishedTable]]:
+    """Published ``(row label, table)`` pairs to show beside an evaluation of ``--method`` ``method``
+    (from ``assets/published_methods.json``); an unknown method has none."""
+    data = json.loads(METHOD_ROWS_FILE.read_text(encoding="utf-8"))
+    rows = []
+    for entry in data.get(method, []):
+        table = TABLES[entry["table"]]
+        if entry["row"] not in table.results:
+            raise KeyError(f"published_methods.json: {entry['row']!r} is not a row of {entry['table']}")
+        rows.append((entry["row"], table))
+    return rows

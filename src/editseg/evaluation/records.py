@@ -81,8 +81,8 @@ def read_jsonl(path: str | Path, repair: bool = False) -> list[tuple[int, dict[s
                 cut_at = start
                 break
             raise EvaluationError(
-                f"{path}:{index + 1}: not a valid record line ({error}); the file is damaged. Delete that line "
-                "(and any after it) to resume from the lines before it."
+                f"{path}:{index + 1}: not a valid record line ({error}). The other lines are intact: delete "
+                f"that one (e.g. sed -i '{index + 1}d' '{path}') and run again to redo its sample."
             ) from None
         found.append((index + 1, value))
     if repair:

@@ -15,11 +15,22 @@ each image, so an interrupted run loses at most the image it was working on.
 
 **Resume.** Running again on the same records file skips the sample ids already in it. A truncated
 last line (a run killed mid-write) is dropped with a warning and cut from the file; other broken
-lines are an error. Resuming with different settings raises :class:`SettingsMismatchError`;
+lines are an error that names the line and how to drop it (its sample is then redone). Resuming with different settings raises :class:`SettingsMismatchError`;
 ``limit`` and ``ids`` are not settings, so a quick ``limit=50`` run can later be extended.
 
-**Summary.** Computed with :class:`~editseg.evaluation.metrics.MetricAccumulator` from *all* records in
-the file (not only those of this call) and written next to the records (``records.jsonl`` →
+**Samples the model cannot take.** Before the first forward every pending sample's expression is
+checked (:meth:`~editseg.api.Segmenter.expression_problems`: empty, no words, stop words only,
+over the text encoder's token limit). ``invalid="record"`` (the default, so an hour-long run never
+dies at sample 9,000) records such a sample, and any sample whose expression or image the model
+refuses while running, as *failed*: IoU 0 (empty prediction: intersection 0, union = ground-truth
+area, point miss), a ``"failed"`` reason in its record, counted in every metric and listed in the
+summary's ``failed`` entry. ``invalid="refuse"`` stops before any forward with the list instead
+(and stops at the first refusal while running).
+
+**Summary.** Computed with :class:`~editseg.evaluation.metrics.MetricAccumulator` from the records of
+the *selected* samples (resumed or new; a ``limit=10`` run over a file holding 50 records reports
+10; ``run.records_in_file`` and ``run.outside_selection`` say what else the file holds) and written
+next to the records (``records.jsonl`` →
 ``summary.json`` and ``table.md``; ``records-shard0of4.jsonl`` → ``summary-shard0of4.json`` ...).
 Everything in a summary except its ``"run"`` entry (paths, timings, progress) depends only on the
 settings and the multiset of records.
@@ -41,8 +52,6 @@ The selection is: the dataset's samples in their stable order, filtered by ``ids
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 import warnings
@@ -55,8 +64,9 @@ import numpy as np
 from ..config import MethodConfig
 from ..data.base import ReferringSample, group_by_image, parse_shard, shard
 from ..masks import encode_rle, save_mask_png
-from .metrics import MetricAccumulator, SampleRecord, argmax_in_mask, intersection_union, iou_from_counts
-from .published import DEFAULT_COMPARISON, IIE_RIS_TABLE1, PublishedTable
+from .failures import INVALID_POLICIES, evaluate_or_record, failed_record, refusal_message
+from .metrics import argmax_in_mask, intersection_union, iou_from_counts
+from .summary import SUMMARY_FORMAT, markdown_table, summarize, write_summary
 from .records import (
     RECORDS_FORMAT,
     EvaluationError,
@@ -79,6 +89,7 @@ __all__ = [
     "check_resumable",
     "dataset_info",
     "evaluate",
+    "failed_record",
     "markdown_table",
     "merge_records",
     "read_records",
@@ -91,7 +102,6 @@ __all__ = [
     "summarize",
 ]
 
-SUMMARY_FORMAT = "editseg-eval-summary/1"
 SAVE_MASKS = (None, "png", "rle")
 
 
@@ -161,6 +171,11 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
     return info
 
 
+def is_early_grounding(segmenter: "Segmenter") -> bool:
+    """Whether ``segmenter`` runs the paper's method (whose MethodConfig drives sweeps and settings)."""
+    return getattr(getattr(segmenter, "method", None), "name", "early-grounding") == "early-grounding"
+
+
 def run_settings(
     segmenter: "Segmenter",
     dataset: Any,
@@ -168,6 +183,17 @@ def run_settings(
     shard_spec: str | tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The settings a records file is tied to: model, method settings, input size, data, shard."""
+    if not is_early_grounding(segmenter):
+        method = segmenter.method
+        method_config = getattr(method, "config", None)
+        return {
+            "model": getattr(method, "model_name", "") or getattr(getattr(method, "backbone", None), "name", ""),
+            "method": method.name,
+            "config": method_config.to_dict() if hasattr(method_config, "to_dict") else {},
+            "max_side": segmenter.max_side,
+            **dataset_info(dataset),
+            "shard": shard_label(shard_spec),
+        }
     backbone = segmenter.backbone
     return {
         "model": backbone.name,
@@ -191,6 +217,22 @@ def sibling_path(records_path: str | Path, kind: str, suffix: str) -> Path:
     if stem.startswith("records"):
         return path.with_name(kind + stem[len("records") :] + suffix)
     return path.with_name(f"{stem}.{kind}{suffix}")
+
+
+def point_hit(result: "SegmentationResult", gt: np.ndarray) -> bool | None:
+    """Point accuracy: the RAM's argmax (early grounding), else the method's own point (RefAM's SAM
+    prompt), else the argmax of its first map, inside the ground truth; None when it has none."""
+    if "ram" in result.maps:
+        return argmax_in_mask(result.maps["ram"], gt)
+    if result.point is not None:
+        x, y = result.point
+        return bool(gt[int(y), int(x)])
+    if result.maps:
+        return argmax_in_mask(next(iter(result.maps.values())), gt)
+    return None
+
+
+REFINER_KEYS = ("refined_instruction", "refiner", "refiner_raw", "refiner_fallback")
 
 
 def sample_record(
@@ -221,11 +263,13 @@ def sample_record(
         "intersection": intersection,
         "union": union,
         # RAM at the input resolution: the token grid may cover a centre crop of the image
-        "point_hit": argmax_in_mask(result.ram, gt),
+        "point_hit": point_hit(result, gt),
         "pred_area": int(result.mask.sum()),
         "gt_area": int(gt.sum()),
         "size": [int(gt.shape[1]), int(gt.shape[0])],
         "timings": {**result.timings, **(timings or {})},
+        # the MLLM refiner's instruction and identity, when --refine-instruction was used
+        **{key: result.config[key] for key in REFINER_KEYS if key in result.config},
     }
 
 
@@ -242,20 +286,25 @@ def evaluate(
     shard: str | tuple[int, int] | None = None,
     save_masks: str | None = None,
     progress: bool = True,
+    invalid: str = "record",
 ) -> dict[str, Any]:
-    """Score every selected sample not yet in ``records_path``, then summarise all records there.
+    """Score every selected sample not yet in ``records_path``, then summarise the selection's records.
 
     Samples are grouped by image: one ``set_image`` per image and one ``predict`` for all of its
     expressions (batched by ``segmenter.batch_size``). ``save_masks="png"`` writes
     ``masks/<id>.png`` next to the records (``mask_file`` in the record), ``"rle"`` stores a COCO RLE
-    as ``mask_rle``. Returns the summary (see :func:`summarize`), also written to ``summary.json`` and
+    as ``mask_rle``. ``invalid``: ``"record"`` or ``"refuse"`` samples the model cannot take (see the
+    module docstring). Returns the summary (see :func:`summarize`), also written to ``summary.json`` and
     ``table.md`` beside the records. See the module docstring for resume and sharding.
     """
     from tqdm import tqdm
 
     if save_masks not in SAVE_MASKS:
         raise EvaluationError(f"save_masks must be None, 'png' or 'rle', got {save_masks!r}")
-    config = config or segmenter.config
+    if invalid not in INVALID_POLICIES:
+        raise EvaluationError(f"invalid must be one of {', '.join(INVALID_POLICIES)}, got {invalid!r}")
+    if config is None and getattr(getattr(segmenter, "method", None), "name", "early-grounding") == "early-grounding":
+        config = segmenter.config
     records_path = Path(records_path)
     settings = run_settings(segmenter, dataset_or_samples, config, shard)
     samples = list(dataset_or_samples)
@@ -273,6 +322,10 @@ def evaluate(
         compare_settings(settings, header["settings"], str(records_path))
     done = {r["id"] for r in records}
     todo = [s for s in selection if s.sample_id not in done]
+    problems = segmenter.expression_problems([s.expression for s in todo], config) if todo else {}
+    rejected = [s for s in todo if s.expression in problems]
+    if rejected and invalid == "refuse":
+        raise EvaluationError(refusal_message([(s, problems[s.expression]) for s in rejected], len(todo)))
     mask_dir = records_path.parent / "masks"
     started = time.perf_counter()
 
@@ -283,8 +336,17 @@ def evaluate(
         if header is None:
             write_line(handle, {"format": RECORDS_FORMAT, "settings": settings})
             handle.flush()
-        for _, group in group_by_image(todo):
-            new = _evaluate_image(segmenter, group, config, save_masks, mask_dir, records_path.parent)
+        if rejected:
+            new = [failed_record(s, problems[s.expression]) for s in rejected]
+            for record in new:
+                write_line(handle, record)
+            handle.flush()
+            os.fsync(handle.fileno())
+            records.extend(new)
+            bar.update(len(new))
+        runnable = [s for s in todo if s.expression not in problems]
+        for _, group in group_by_image(runnable):
+            new = _evaluate_image_or_record(segmenter, group, config, save_masks, mask_dir, records_path.parent, invalid)
             for record in new:
                 write_line(handle, record)
             handle.flush()
@@ -293,24 +355,41 @@ def evaluate(
             bar.update(len(group))
 
     recorded = {r["id"] for r in records}
+    selected_ids = {s.sample_id for s in selection}
+    counted = [r for r in records if r["id"] in selected_ids]
     run = {
         "records": [str(records_path)],
         "selected": len(selection),
         "dataset_size": len(samples),
         "evaluated_now": len(todo),
-        "resumed_from": len(done),
+        "resumed_from": len(selection) - len(todo),
+        "records_in_file": len(records),
+        "outside_selection": len(records) - len(counted),
         "complete": all(s.sample_id in recorded for s in selection),
         "wall_s": time.perf_counter() - started,
     }
-    summary = summarize(settings, records, run)
+    summary = summarize(settings, counted, run)
     write_summary(summary, sibling_path(records_path, "summary", ".json"), sibling_path(records_path, "table", ".md"))
     return summary
+
+
+def _evaluate_image_or_record(
+    segmenter: "Segmenter",
+    group: list[ReferringSample],
+    config: MethodConfig,
+    save_masks: str | None,
+    mask_dir: Path,
+    base: Path,
+    invalid: str,
+) -> list[dict[str, Any]]:
+    """:func:`_evaluate_image`; with ``invalid="record"``, samples the model refuses become failed records."""
+    return evaluate_or_record(lambda samples: _evaluate_image(segmenter, samples, config, save_masks, mask_dir, base), group, invalid)
 
 
 def _evaluate_image(
     segmenter: "Segmenter",
     group: list[ReferringSample],
-    config: MethodConfig,
+    config: MethodConfig | None,
     save_masks: str | None,
     mask_dir: Path,
     base: Path,
@@ -338,111 +417,6 @@ def _evaluate_image(
 
 
 # -- summaries -------------------------------------------------------------------------------------
-
-
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def summarize(
-    settings: dict[str, Any], records: Sequence[dict[str, Any]], run: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The summary of ``records`` (metrics in percent; ``None`` where undefined).
-
-    Keys: ``format``, ``settings`` (without ``shard``), ``benchmark``, ``num_samples``, ``metrics``
-    (:meth:`MetricAccumulator.summary` with ``percent=True``) and ``run`` (paths, mean timings and
-    bookkeeping; the only part that may differ between equal evaluations).
-    """
-    accumulator = MetricAccumulator()
-    for record in records:
-        try:
-            accumulator.add_record(
-                SampleRecord(
-                    record["id"], int(record["intersection"]), int(record["union"]),
-                    None if record.get("point_hit") is None else bool(record["point_hit"]),
-                )
-            )  # fmt: skip
-        except ValueError as error:
-            raise EvaluationError(f"record {record.get('id')!r}: {error}") from None
-    metrics = {k: _finite(v) for k, v in accumulator.summary(percent=True).items()}
-    timing_keys = sorted({k for r in records for k in (r.get("timings") or {})})
-    mean_timings = {
-        k: math.fsum(r["timings"][k] for r in records if k in (r.get("timings") or {}))
-        / sum(1 for r in records if k in (r.get("timings") or {}))
-        for k in timing_keys
-    }
-    return {
-        "format": SUMMARY_FORMAT,
-        "settings": {k: v for k, v in settings.items() if k != "shard"},
-        "benchmark": list(settings.get("benchmark") or [settings.get("dataset", ""), settings.get("split", "")]),
-        "num_samples": len(records),
-        "metrics": metrics,
-        "run": {**(run or {}), "mean_timings": mean_timings},
-    }
-
-
-def write_summary(summary: dict[str, Any], summary_path: str | Path, table_path: str | Path | None = None) -> None:
-    """Write the summary as JSON and, optionally, its Markdown table (:func:`markdown_table`)."""
-    Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(summary_path).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    if table_path is not None:
-        Path(table_path).write_text(markdown_table([summary]) + "\n", encoding="utf-8")
-
-
-def _label(summary: dict[str, Any]) -> str:
-    settings = summary.get("settings", {})
-    mode = settings.get("config", {}).get("mode", "full")
-    return f"editseg: {settings.get('model', '?')}" + ("" if mode == "full" else f" ({mode})")
-
-
-def markdown_table(
-    summaries: Sequence[dict[str, Any]],
-    methods: Sequence[str] = DEFAULT_COMPARISON,
-    table: PublishedTable = IIE_RIS_TABLE1,
-    metrics: Sequence[str] = ("oIoU", "mIoU"),
-) -> str:
-    """A table laid out like the paper's Table 1: one row per method or model, one column per
-    (dataset, split) and metric. Published rows (``methods`` of ``table``, labelled "published") are
-    shown where the paper has a number for one of the columns; our rows come from ``summaries``.
-    """
-    columns: list[tuple[str, str]] = []
-    ours: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
-    for summary in summaries:
-        benchmark = tuple(summary["benchmark"])
-        if benchmark not in columns:
-            columns.append(benchmark)  # type: ignore[arg-type]
-        ours.setdefault(_label(summary), {})[benchmark] = summary  # type: ignore[index]
-
-    def cell(value: Any) -> str:
-        return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.2f}"
-
-    header = "| Method | Source | " + " | ".join(f"{d} {s} {m}".strip() for d, s in columns for m in metrics) + " |"
-    lines = [header, "|---|---|" + "---:|" * (len(columns) * len(metrics))]
-    for method in methods:
-        values = [table.get(method, m, d, s) for d, s in columns for m in metrics]
-        if any(v is not None for v in values):
-            lines.append(f"| {method} | published ({table.table}) | " + " | ".join(cell(v) for v in values) + " |")
-    notes = []
-    for label, by_column in ours.items():
-        values = [by_column[c]["metrics"].get(m) if c in by_column else None for c in columns for m in metrics]
-        lines.append(f"| **{label}** | ours | " + " | ".join(cell(v) for v in values) + " |")
-        for (d, s), summary in by_column.items():
-            run = summary.get("run", {})
-            caveat = ""
-            if run.get("complete") is False or run.get("missing_shards"):
-                caveat = " (run not finished)"
-            elif run.get("selected", 0) < run.get("dataset_size", 0):
-                caveat = f" (a subset: {run['selected']} of {run['dataset_size']})"
-            notes.append(f"{label} on {d} {s}: {summary['num_samples']} samples{caveat}.")
-    text = "\n".join(lines)
-    if notes:
-        text += "\n\n" + "\n".join(f"- {n}" for n in notes)
-    if any(table.get(m, "oIoU", d, s) is not None for m in methods for d, s in columns):
-        text += f"\n- published: {table.paper}, {table.table}, full splits, in percent."
-    return text
-
-
-# -- merging ---------------------------------------------------------------------------------------
 
 
 def merge_records(

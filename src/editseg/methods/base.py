@@ -13,8 +13,9 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 from PIL import Image
 
-from ..errors import OutOfMemoryError, out_of_memory_message
+from ..errors import ExpressionError, OutOfMemoryError, out_of_memory_message
 from ..results import SegmentationResult
+from ..text import normalize_expression
 
 COMPONENT_KINDS = ("editing-dit", "t2i-dit", "unet", "sam", "clip", "mllm")
 """What a method may need loaded: an instruction-editing DiT, a text-to-image DiT, a UNet, SAM,
@@ -34,6 +35,18 @@ class Method(ABC):
     @abstractmethod
     def predict(self, expressions: Sequence[str]) -> list[SegmentationResult]:
         """One result per expression, in order, for the current image."""
+
+    def expression_problems(self, expressions: Sequence[str]) -> dict[str, str]:
+        """Why each unusable expression would be refused, without running a model:
+        ``{expression: message}``. The base checks the text (empty, no words, stop words only; see
+        :func:`~editseg.text.normalize_expression`); methods add their models' limits (token counts)."""
+        problems = {}
+        for expression in dict.fromkeys(expressions):
+            try:
+                normalize_expression(expression)
+            except ExpressionError as error:
+                problems[expression] = str(error)
+        return problems
 
     @classmethod
     @abstractmethod

@@ -23,6 +23,7 @@ from ..backbones.base import RANDOM_WEIGHTS_NOTICE, Backbone, EncodedText, Prepa
 from ..config import MethodConfig
 from ..errors import ConfigError, ExpressionError
 from ..geometry import ImageGeometry
+from ..images import validate_max_side
 from ..probing.recorder import FEATURE_SITES, ProbePlan, ProbeRecorder, TokenLayout
 from ..results import SegmentationResult
 from ..text import PromptTokens, make_instruction, normalize_expression
@@ -103,11 +104,15 @@ def ground(
 
 
 def masks_at_input(maps: GroundingMaps, geometry: ImageGeometry, config: MethodConfig) -> torch.Tensor:
-    """Binary masks (batch, H, W) at the input resolution for the configured mode."""
+    """Binary masks (batch, H, W) at the input resolution for the configured mode.
+
+    Upsampled one map at a time, so the float temporary is one (H, W) map, not a batch of them.
+    """
     if config.mode == "full":
-        return geometry.to_input(maps.score) > 0
-    chosen = maps.cam if config.mode == "cam" else maps.ram
-    return geometry.to_input(chosen) > config.map_threshold
+        chosen, threshold = maps.score, 0.0
+    else:
+        chosen, threshold = (maps.cam if config.mode == "cam" else maps.ram), config.map_threshold
+    return torch.cat([geometry.to_input(chosen[i : i + 1]) > threshold for i in range(chosen.shape[0])])
 
 
 # -- the method ------------------------------------------------------------------------------------
@@ -163,15 +168,16 @@ class EarlyGroundingMethod(Method):
         layout_override: LayoutOverride | None = None,
         prompt_indices: PromptIndices | None = None,
     ):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size!r}.")
         self.backbone = backbone
         self.config = config or MethodConfig()
         self.batch_size = batch_size
         self.instruction_refiner = instruction_refiner
-        self.max_side = max_side
+        self.max_side = validate_max_side(max_side)
         self.layout_override = layout_override
         self.prompt_indices = prompt_indices
+        self.sam = None  # a SamComponent for config.refine == "sam" (editseg's extension)
         self.image: PreparedImage | None = None
         self.image_seconds = 0.0
         if backbone.is_random:
@@ -192,16 +198,28 @@ class EarlyGroundingMethod(Method):
         :func:`~editseg.backbones.load_backbone`. ``options``: ``config``, ``batch_size``,
         ``instruction_refiner``, ``max_side``. ``components`` may name the ``editing-dit`` only."""
         components = dict(components or {})
+        config = options.get("config") or MethodConfig()
+        sam_model = components.pop("sam", None) if config.refine == "sam" else None  # --refine sam (our extension)
         extra = sorted(set(components) - set(cls.requires))
         if extra:
-            raise ConfigError(f"{cls.name} uses components {', '.join(cls.requires)} only; got {', '.join(extra)}.")
+            hint = " (a 'sam' component is taken with MethodConfig(refine='sam'))" if "sam" in extra else ""
+            raise ConfigError(f"{cls.name} uses components {', '.join(cls.requires)} only; got {', '.join(extra)}.{hint}")
         model = components.get("editing-dit", model) or TOY_SHAPES
-        return cls(load_backbone(model, device=device, dtype=dtype, offload=offload), **options)
+        method = cls(load_backbone(model, device=device, dtype=dtype, offload=offload), **options)
+        if method.config.refine == "sam":
+            from ..components.sam import DEFAULT_SAM, SamComponent
+
+            method.sam = SamComponent.from_pretrained(sam_model or DEFAULT_SAM, device=method.backbone.device)
+        return method
 
     # -- image -----------------------------------------------------------------------------------
     def set_image(self, image: Image.Image) -> None:
         """Pre-process and encode ``image`` (RGB) once; later predictions reuse it."""
         start = time.perf_counter()
+        if hasattr(self.instruction_refiner, "set_image"):  # an MLLM refiner looks at the image
+            self.instruction_refiner.set_image(image)
+        if self.sam is not None:
+            self.sam.set_image(np.asarray(image.convert("RGB")))
         with memory_guard(self.backbone.device), torch.inference_mode():
             self.image = self.backbone.prepare_image(image, max_side=self.max_side)
         self.image_seconds = _elapsed(start, self.backbone.device)
@@ -224,6 +242,35 @@ class EarlyGroundingMethod(Method):
                 )
             return refined
         return make_instruction(expression, config.instruction_template)
+
+    def _refiner_record(self, expression: str) -> dict:
+        """The refined instruction and the refiner's identity, when an MLLM refiner is in use."""
+        record_for = getattr(self.instruction_refiner, "record_for", None)
+        return record_for(expression) if record_for is not None else {}
+
+    def expression_problems(self, expressions: Sequence[str], config: MethodConfig | None = None) -> dict[str, str]:
+        """The text checks of :meth:`Method.expression_problems`, plus, where the backbone can count
+        tokens from its tokenizer alone, instructions over the text encoder's limit. Cheap enough
+        for every sample of a dataset (no encoder, no forward)."""
+        problems = super().expression_problems(expressions)
+        usable: dict[str, str] = {}
+        for expression in dict.fromkeys(expressions):
+            if expression in problems:
+                continue
+            try:
+                usable[expression] = self.instruction_for(normalize_expression(expression), config)
+            except (ExpressionError, ConfigError) as error:
+                problems[expression] = str(error)
+        counted = self.backbone.text_token_counts(list(usable.values())) if usable else None
+        if counted is not None:
+            counts, limit = counted
+            for expression, count in zip(usable, counts):
+                if count > limit:
+                    problems[expression] = (
+                        f"Expression too long: its instruction needs {count} text tokens, "
+                        f"{self.backbone.name} reads at most {limit}."
+                    )
+        return problems
 
     def resolved(self, config: MethodConfig | None = None) -> MethodConfig:
         """``config`` (default: this method's) checked against the backbone, defaults filled in."""
@@ -359,7 +406,7 @@ class EarlyGroundingMethod(Method):
             "batch_size": float(len(probe.expressions)),
         }
         prompts = probe.text.prompts
-        return [
+        results = [
             SegmentationResult(
                 expression=expression,
                 mask=masks[i],
@@ -372,10 +419,18 @@ class EarlyGroundingMethod(Method):
                 prompt_tokens=prompts[i].token_strings(probe.token_sets[i]),
                 timings=dict(timings),
                 model=backbone.name,
-                config=config.to_dict(),
+                config={**config.to_dict(), **self._refiner_record(expression)},
             )
             for i, expression in enumerate(probe.expressions)
         ]
+        if config.refine == "sam":
+            if self.sam is None:
+                raise ConfigError("refine='sam' needs a SAM component: load with components={'sam': ...} or set method.sam.")
+            from .sam_refine import refine_result
+
+            for result in results:
+                refine_result(self.sam, result)
+        return results
 
     # -- internals --------------------------------------------------------------------------------
     def _require_image(self) -> PreparedImage:

@@ -34,6 +34,19 @@ METHODS: dict[str, MethodSpec] = {
         "image-to-prompt attention of one probed first denoising step of an editing model, "
         "random-walk refined, then feature prototypes (He et al.)",
     ),
+    "ref-diff": MethodSpec(
+        "editseg.methods.ref_diff:RefDiff",
+        ("unet", "sam", "clip"),
+        "Stable Diffusion 1.5 cross-attention of the root word, SAM proposals, CLIP region scores (Ni et al.)",
+        "sd15",
+    ),
+    "refam": MethodSpec(
+        "editseg.methods.refam:RefAM",
+        ("t2i-dit", "sam"),
+        "FLUX text-to-image cross-attention per expression token with attention magnets, stop-word/GAS "
+        "filtering, argmax point -> SAM (Kukleva et al.)",
+        "flux1-dev",
+    ),
 }
 
 

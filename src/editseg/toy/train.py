@@ -217,7 +217,7 @@ def train(
     step, elapsed_before = 0, 0.0
     checkpoint = out / CHECKPOINT
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(checkpoint)
         transformer.load_state_dict(state["transformer"])
         pipeline.text_encoder.load_state_dict(state["text_encoder"])
         pipeline.vae.load_state_dict(state["vae"])
@@ -345,10 +345,31 @@ def train(
     return final
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint (weights, optimizer state, step, config) read with
+    ``torch.load(weights_only=True)``: tensors and plain data only, so a crafted file cannot run code.
+    A file that needs more is refused with :class:`~editseg.errors.UnsafeFileError`."""
+    import pickle
+
+    from ..errors import UnsafeFileError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsafeFileError(
+            f"{path} is not a plain checkpoint (tensors and plain data only): {reason}. "
+            "editseg loads checkpoints with weights_only=True and will not run code from them; "
+            "delete it to start the run over."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise UnsafeFileError(f"{path} is not a readable checkpoint (truncated or corrupt: {error}).") from None
+
+
 def export_checkpoint(out: str | Path, destination: str | Path | None = None) -> Path:
     """Write the pipeline of ``out/checkpoint.pt`` (a finished or interrupted run) with ``save_pretrained``."""
     out = Path(out)
-    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    state = load_checkpoint(out / CHECKPOINT)
     config = state["config"]
     pipeline = build_toy_pipeline(ToyConfig.from_dict(config["model"]), seed=config["seed"])
     pipeline.transformer.load_state_dict(state["transformer"])

@@ -1,0 +1,52 @@
+"""Resolving and loading component weights (SAM, CLIP, ...) with one actionable error when missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+import torch
+
+from ..errors import OFFLINE_HINT, ModelNotFoundError
+
+T = TypeVar("T")
+
+
+def default_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or CUDA when available, else CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_source(name: str, aliases: Mapping[str, str]) -> str:
+    """A local folder or hub id for ``name`` (alias, hub id or path).
+
+    With ``EDITSEG_MODELS_DIR`` set, ``$EDITSEG_MODELS_DIR/<repo name>`` is used when it exists.
+    """
+    source = aliases.get(name.lower(), name)
+    path = Path(source).expanduser()
+    if path.exists():
+        return str(path)
+    models_dir = os.environ.get("EDITSEG_MODELS_DIR")
+    if models_dir:
+        candidate = Path(models_dir).expanduser() / source.split("/")[-1]
+        if candidate.exists():
+            return str(candidate)
+    return source
+
+
+def load_or_explain(kind: str, name: str, source: str, load: Callable[[str], T]) -> T:
+    """``load(source)``, turning a missing-weights failure into :class:`ModelNotFoundError`."""
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_like_path and not Path(source).expanduser().exists():
+        raise ModelNotFoundError(f"{kind} folder not found: {source}. " + OFFLINE_HINT)
+    try:
+        return load(source)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = f"the local folder {source}" if Path(source).exists() else f"the hub id {source!r}"
+        raise ModelNotFoundError(
+            f"Could not load the {kind} {name!r} from {where}: {reason}\n"
+            f"Download it with `hf download {source} --local-dir <folder>` and pass that folder. "
+            + OFFLINE_HINT
+        ) from None
