@@ -10,11 +10,12 @@ tokens, 16 px per token). For each size it prints, measured in this one run:
   (activations), "whole" = the whole process's peak (weights included).
 
 Probes record CAM/RAM terms on every block and attention-output features on one block, as the
-method's defaults do. Goals: time ratio <= 1.15, whole-process memory ratio <= 1.10, and probe
-memory growing linearly with the number of image tokens (no N x N matrix is ever kept).
+method's defaults do. Each probe route (``--routes``) is timed interleaved with the bare forward
+in the same rounds. Goals (issue 13): time ratio <= 1.05 and whole-process memory ratio <= 1.02
+at both sizes; probe memory linear in the number of image tokens (no N x N matrix is ever kept).
 
-    python bench/probe_overhead.py            # both sizes, ~5-10 min on 2 CPU cores
-    python bench/probe_overhead.py --quick    # smaller width, for a smoke run
+    python bench/probe_overhead.py --double 1 --single 1          # both sizes, ~15-25 min on 2 shared cores
+    python bench/probe_overhead.py --quick --sizes 512            # smaller width, for a smoke run
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ def inputs(model, side: int, text_len: int = 512):
     return kwargs, image_tokens, text_len
 
 
-def plan_for(model, image_tokens: int, text_len: int, fused: bool = True):
+ROUTES = {"lse": {"lse": True}, "fused": {"lse": False, "fused": True}, "separate": {"lse": False, "fused": False}}
+
+
+def plan_for(model, image_tokens: int, text_len: int, route: str = "lse"):
     from editseg.probing.recorder import ProbePlan, TokenLayout
 
     grid = int(image_tokens**0.5)
@@ -75,7 +79,7 @@ def plan_for(model, image_tokens: int, text_len: int, fused: bool = True):
     prompt = torch.zeros(1, text_len)
     prompt[0, 7:12] = 1  # five expression tokens
     blocks = len(model.transformer_blocks) + len(model.single_transformer_blocks)
-    return ProbePlan(layout, prompt, None, {"attn": frozenset({blocks - 1})}, fused=fused)
+    return ProbePlan(layout, prompt, None, {"attn": frozenset({blocks - 1})}, **ROUTES[route])
 
 
 def forward(model, kwargs, plan=None):
@@ -100,7 +104,7 @@ def measure_memory(args) -> None:
     """Child process: one forward of one variant, printing JSON with before/peak resident memory."""
     model = build(args.heads, args.double, args.single)
     kwargs, image_tokens, text_len = inputs(model, SIZES[args.size])
-    plan = plan_for(model, image_tokens, text_len, not args.unfused) if args.variant == "probes" else None
+    plan = plan_for(model, image_tokens, text_len, args.variant) if args.variant in ROUTES else None
     before = rss_bytes()
     peak = [before]
     done = threading.Event()
@@ -121,7 +125,7 @@ def measure_memory(args) -> None:
 
 def memory_of(args, size: str, variant: str) -> dict:
     command = [sys.executable, __file__, "--child", "--size", size, "--variant", variant,
-               *(["--unfused"] if args.unfused else []), "--heads", str(args.heads), "--double", str(args.double), "--single", str(args.single)]
+               "--heads", str(args.heads), "--double", str(args.double), "--single", str(args.single)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -133,7 +137,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=24)
     parser.add_argument("--double", type=int, default=1)
     parser.add_argument("--single", type=int, default=2)
-    parser.add_argument("--unfused", action="store_true", help="probe with two separate attention calls (bit-identical model output)")
+    parser.add_argument("--routes", default="lse,fused", help="probe routes to time against the bare forward, interleaved "
+                        "(lse: log-sum-exp, the CPU default; fused: 8 extra channels in the model's call; separate)")
+    parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="512", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="bare", help=argparse.SUPPRESS)
@@ -143,54 +149,49 @@ def main() -> None:
     if args.quick:
         args.heads, args.repeats = 8, 2
 
+    routes = [r for r in args.routes.split(",") if r]
     print(f"FLUX.2 transformer: width {args.heads * 128}, {args.double} double + {args.single} single blocks, "
-          f"float32 on CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'unfused' if args.unfused else 'fused'} probes")
+          f"float32 on CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, routes {routes}")
     model = build(args.heads, args.double, args.single)
     rows = []
-    for size in SIZES:
+    for size in args.sizes.split(","):
         kwargs, image_tokens, text_len = inputs(model, SIZES[size])
-        plan = plan_for(model, image_tokens, text_len, not args.unfused)
+        plans = {route: plan_for(model, image_tokens, text_len, route) for route in routes}
         reference = forward(model, kwargs)[0]
-        recorder = forward(model, kwargs, plan)  # warm-up of both variants
+        for plan in plans.values():
+            forward(model, kwargs, plan)  # warm-up
         assert torch.equal(reference, forward(model, kwargs)[0])  # processors restored
-        bare_times, probe_times = [], []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            forward(model, kwargs)
-            bare_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            forward(model, kwargs, plan)
-            probe_times.append(time.perf_counter() - start)
-        bare_mem = memory_of(args, size, "bare")
-        probe_mem = memory_of(args, size, "probes")
-        extra_bare = bare_mem["peak"] - bare_mem["before"]
-        extra_probe = probe_mem["peak"] - probe_mem["before"]
-        rows.append({
-            "size": f"{size}²", "tokens": text_len + 2 * image_tokens,
-            "bare_s": statistics.median(bare_times), "probe_s": statistics.median(probe_times),
-            "whole_ratio": probe_mem["peak"] / bare_mem["peak"],
-            "extra_bare_mb": extra_bare / 2**20, "extra_probe_mb": extra_probe / 2**20,
-            "probe_only_mb": (extra_probe - extra_bare) / 2**20,
-            "blocks": len(recorder.cam),
-        })
-    print("\n| input | tokens | bare forward s | with probes s | time ratio | peak mem ratio (whole process) "
-          "| forward extra MB bare → probes | probe-only MB |")
-    print("|---|---|---|---|---|---|---|---|")
+        wall = {name: [] for name in ["bare", *routes]}
+        cpu = {name: [] for name in ["bare", *routes]}
+        for _ in range(args.repeats):  # interleaved: bare, route 1, route 2, ... on the same load
+            for name in ["bare", *routes]:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                forward(model, kwargs, plans.get(name))
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+        memory = {name: memory_of(args, size, name) for name in ["bare", *routes]}
+        for route in routes:
+            extra_bare = memory["bare"]["peak"] - memory["bare"]["before"]
+            extra_probe = memory[route]["peak"] - memory[route]["before"]
+            rows.append({
+                "size": f"{size}²", "route": route, "tokens": text_len + 2 * image_tokens,
+                "bare_s": statistics.median(wall["bare"]), "probe_s": statistics.median(wall[route]),
+                "wall_ratio": statistics.median([p / b for p, b in zip(wall[route], wall["bare"])]),
+                "cpu_ratio": statistics.median([p / b for p, b in zip(cpu[route], cpu["bare"])]),
+                "whole_ratio": memory[route]["peak"] / memory["bare"]["peak"],
+                "extra_bare_mb": extra_bare / 2**20, "extra_probe_mb": extra_probe / 2**20,
+                "probe_only_mb": (extra_probe - extra_bare) / 2**20,
+            })
+            print(f"{size}² {route}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
+    print("\n| input | route | tokens | bare forward s | with probes s | time ratio (wall) | time ratio (CPU) "
+          "| peak mem ratio (whole process) | forward extra MB bare → probes | probe-only MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['tokens']} | {r['bare_s']:.2f} | {r['probe_s']:.2f} | {r['probe_s'] / r['bare_s']:.3f} "
-              f"| {r['whole_ratio']:.3f} | {r['extra_bare_mb']:.0f} → {r['extra_probe_mb']:.0f} | {r['probe_only_mb']:.0f} |")
-    heads, width = args.heads, 128
-    for r in rows:
-        total = r["tokens"]
-        clean = (total - 512) // 2
-        # Transient probe tensors of one block (float32): widened q, k, v (+8 channels), clean-row q
-        # and all keys for step 2, the step-2 value and output: all linear in the token count.
-        linear_bound = 4 * heads * (3 * total * (width + 8) + clean * width + total * width + 2 * clean * width)
-        quadratic = 4 * clean * total  # one head-mean clean→all attention map, per block
-        print(f"{r['size']}: probe-only peak {r['probe_only_mb']:.0f} MB measured; transient probe tensors "
-              f"<= {linear_bound / 2**20:.0f} MB per block (linear in tokens); a materialised head-mean "
-              f"clean→all map would be {quadratic / 2**20:.0f} MB per block ({r['blocks']} blocks probed).")
+        print(f"| {r['size']} | {r['route']} | {r['tokens']} | {r['bare_s']:.2f} | {r['probe_s']:.2f} | {r['wall_ratio']:.3f} "
+              f"| {r['cpu_ratio']:.3f} | {r['whole_ratio']:.3f} | {r['extra_bare_mb']:.0f} → {r['extra_probe_mb']:.0f} "
+              f"| {r['probe_only_mb']:.0f} |")
+    print("time ratios: median over repeats of (probed / bare) of the same round; CPU = process time "
+          "(less sensitive to other jobs on a shared machine).")
 
 
 if __name__ == "__main__":

@@ -60,9 +60,17 @@ def attention_output(query, key, value, key_mask=None) -> torch.Tensor:
     return out.transpose(1, 2).flatten(2)
 
 
-def expression_plan(backbone, image, text, features=None, fused=True) -> ProbePlan:
+ROUTES = {
+    "lse": {"lse": True},  # the model's call returns its log-sum-exp (default on CPU)
+    "fused": {"lse": False, "fused": True},  # step 1 rides in the model's call (8 extra channels)
+    "separate": {"lse": False, "fused": False},  # step 1 as its own call
+}
+"""The probe routes of :class:`ProbePlan`: every probe test runs each one."""
+
+
+def expression_plan(backbone, image, text, features=None, route="lse") -> ProbePlan:
     """A ProbePlan over every block with each prompt's expression tokens as the prompt set."""
     mask = torch.zeros(len(text.prompts), text.text_len)
     for row, prompt in enumerate(text.prompts):
         mask[row, prompt.indices("expression")] = 1
-    return ProbePlan(backbone.layout_for(image, text), mask, None, features or {}, fused=fused)
+    return ProbePlan(backbone.layout_for(image, text), mask, None, features or {}, **ROUTES[route])

@@ -22,6 +22,7 @@ from PIL import Image
 from editseg.backbones.base import Backbone
 from editseg.errors import ConfigError, UnsupportedModelError
 from editseg.probing.recorder import ProbePlan, ProbeRecorder
+from reference import ROUTES
 
 FAMILIES = ("tiny-random-flux2", "toy-shapes", "flux1-kontext", "qwen-image-edit", "step1x-edit")
 # fused probes widen the attention call by 8 zero channels: the output moves by rounding only
@@ -73,11 +74,11 @@ def _encode(backbone, expressions, image):
     return prepared, backbone.encode_text(expressions, [f"remove {e}" for e in expressions], image=prepared)
 
 
-def _plan(backbone, prepared, text, attention=None, features=None, fused=True) -> ProbePlan:
+def _plan(backbone, prepared, text, attention=None, features=None, route="lse") -> ProbePlan:
     mask = torch.zeros(len(text.prompts), text.text_len)
     for row, prompt in enumerate(text.prompts):
         mask[row, prompt.indices("expression")] = 1
-    return ProbePlan(backbone.layout_for(prepared, text), mask, attention, features or {}, fused=fused)
+    return ProbePlan(backbone.layout_for(prepared, text), mask, attention, features or {}, **ROUTES[route])
 
 
 def _output(result):
@@ -127,13 +128,13 @@ def test_the_layout_matches_the_prepared_image_and_text(family, image):
     assert layout.clean.stop - layout.clean.start == layout.clean_len
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_leave_the_output_unchanged_and_restore_the_processors(family, image, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_leave_the_output_unchanged_and_restore_the_processors(family, image, route):
     name, backbone = family
     prepared, text = _encode(backbone, ["the dog", "a cat near the car"], image)
     last = backbone.num_blocks - 1
     features = {"attn": frozenset({1}), "adaln": frozenset({last}), "block": frozenset({0, last})}
-    plan = _plan(backbone, prepared, text, features=features, fused=fused)
+    plan = _plan(backbone, prepared, text, features=features, route=route)
     inputs = backbone.first_step_inputs(prepared, text, seed=0)
     transformer = backbone.pipeline.transformer
     before = _processors(transformer)
@@ -143,7 +144,7 @@ def test_probes_leave_the_output_unchanged_and_restore_the_processors(family, im
         with backbone.probes_installed(recorder):
             probed = _output(backbone.run_transformer(inputs))
         again = _output(backbone.run_transformer(inputs))
-    if fused:
+    if route == "fused":
         torch.testing.assert_close(probed, bare, rtol=1e-5, atol=FUSED_ATOL[name])
     else:
         assert torch.equal(bare, probed)

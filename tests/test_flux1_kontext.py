@@ -298,10 +298,10 @@ def _inputs(backbone, expressions, image):
 _plan = expression_plan
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_equal_naive_full_attention_on_every_block(small, image_96x64, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_equal_naive_full_attention_on_every_block(small, image_96x64, route):
     image, text = _inputs(small, ["the red circle", "a big zebra on the left"], image_96x64)
-    plan = _plan(small, image, text, fused=fused)
+    plan = _plan(small, image, text, route=route)
     assert plan.layout.noisy_len != plan.layout.clean_len
     inputs = small.first_step_inputs(image, text, seed=3)
     captured: list = []

@@ -12,7 +12,7 @@ import torch
 
 import diffusers.models.transformers.transformer_flux2 as flux2_module
 from editseg.probing.recorder import TokenLayout, clean_token_attention_statistics
-from reference import attention_output, capture_dispatch, expression_plan, naive_maps
+from reference import attention_output, capture_dispatch, expression_plan, full_attention, naive_maps
 
 
 def capture_reference_qkv(store: list):
@@ -30,10 +30,10 @@ def _inputs(backbone, expressions, image_array):
 _plan = expression_plan
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_equal_naive_full_attention_on_every_block(tiny_backbone, random_image, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_equal_naive_full_attention_on_every_block(tiny_backbone, random_image, route):
     image, text = _inputs(tiny_backbone, ["the red circle", "a big zebra on the left"], random_image)
-    plan = _plan(tiny_backbone, image, text, fused=fused)
+    plan = _plan(tiny_backbone, image, text, route=route)
     inputs = tiny_backbone.first_step_inputs(image, text, seed=3)
 
     captured: list = []
@@ -119,3 +119,41 @@ def test_kv_cache_processors_are_refused(tiny_pipeline, tiny_backbone, random_im
             tiny_backbone.probe_forward(image, text, _plan(tiny_backbone, image, text))
     finally:
         block.attn.processor = original
+
+
+def test_lse_route_is_taken_on_cpu_and_equals_naive_with_weights_and_key_mask(tiny_backbone, random_image):
+    """Default plans (lse=None) take the log-sum-exp route on CPU; its maths, with a weighted prompt
+    and a key mask, against the literal eqs. 3-4 on the full attention matrix."""
+    from unittest import mock
+
+    import editseg.probing.recorder as probes
+
+    image, text = _inputs(tiny_backbone, ["the dog"], random_image)
+    plan = _plan(tiny_backbone, image, text)
+    plan.lse = None
+    with mock.patch.object(probes, "statistics_from_lse", wraps=probes.statistics_from_lse) as spy:
+        recorder = tiny_backbone.probe_forward(image, text, plan, seed=1)
+    assert spy.call_count == tiny_backbone.num_blocks == len(recorder.cam)
+
+    g = torch.Generator().manual_seed(0)
+    layout = TokenLayout(text_len=6, noisy_len=4, clean_len=6, grid=(2, 3))
+    q, k = (torch.randn(2, layout.total_len, 3, 8, generator=g) for _ in range(2))
+    weights = torch.tensor([[0, 0.5, 2.0, 0, 0, 0], [0, 0, 0, 0, 1.0, 0]])
+    keep = torch.ones(2, 1, 1, layout.total_len, dtype=torch.bool)
+    keep[1, ..., 5] = False  # a padded text key
+    out, lse = probes.native_attend_lse(q, k, k, keep)
+    reference_out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), k.transpose(1, 2), attn_mask=keep
+    ).transpose(1, 2)
+    assert torch.equal(out, reference_out)  # the kernel the bare call runs
+    cam, ram = probes.statistics_from_lse(q, k, lse, layout, weights, keep)
+    A = full_attention(q, k, keep).mean(dim=1)  # head mean, float64
+    v = layout.clean
+    c = A[:, v, : layout.text_len] @ weights.double()[..., None]
+    A_vv = A[:, v, v]
+    r = (A_vv / A_vv.sum(-1, keepdim=True)) @ c
+    torch.testing.assert_close(cam.double(), c[..., 0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ram.double(), r[..., 0], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="non-negative"):
+        probes.statistics_from_lse(q, k, lse, layout, -weights, keep)
+

@@ -28,6 +28,7 @@ from editseg.backbones.qwen_image_edit import QwenImageEditBackbone
 from editseg.errors import ConfigError
 from editseg.images import load_image
 from reference import attention_output, capture_dispatch, expression_plan, naive_maps
+from reference_vlm import reference_mrope_positions, rotary_positions
 
 TINY_AREA = 64 * 64  # stands in for 1024 * 1024
 TINY_CONDITION_AREA = 56 * 56  # stands in for 384 * 384 (Plus pipeline)
@@ -185,8 +186,27 @@ def tiny_pipeline_areas():
         yield
 
 
-def pipeline_transformer_calls(pipeline, image, prompt, seed, steps=2):
-    """Run the real pipeline and capture the keyword arguments of each transformer call."""
+@contextlib.contextmanager
+def forwarding_mm_token_type_ids(pipeline):
+    """The pipeline as diffusers PR #14189 fixes it: its text encoder is also given
+    ``mm_token_type_ids`` (1 on image tokens), so Qwen2.5-VL builds its 3-D image positions."""
+    encoder = pipeline.text_encoder
+    original = encoder.forward
+
+    def forward(*args, **kwargs):
+        kwargs.setdefault("mm_token_type_ids", (kwargs["input_ids"] == encoder.config.image_token_id).int())
+        return original(*args, **kwargs)
+
+    encoder.forward = forward
+    try:
+        yield
+    finally:
+        del encoder.forward
+
+
+def pipeline_transformer_calls(pipeline, image, prompt, seed, steps=2, fixed=True):
+    """Run the real pipeline (``fixed``: with the mm_token_type_ids fix) and capture the keyword
+    arguments of each transformer call."""
     calls = []
     transformer = pipeline.transformer
     original_forward = transformer.forward
@@ -197,7 +217,7 @@ def pipeline_transformer_calls(pipeline, image, prompt, seed, steps=2):
 
     transformer.forward = capture
     try:
-        with tiny_pipeline_areas():
+        with tiny_pipeline_areas(), forwarding_mm_token_type_ids(pipeline) if fixed else contextlib.nullcontext():
             pipeline(
                 image=image,
                 prompt=prompt,
@@ -251,6 +271,43 @@ def test_transformer_inputs_equal_the_pipelines(request, variant, size):
     width, height = edit_module.calculate_dimensions(TINY_AREA, size[0] / size[1])[:2]
     assert prepared.geometry.resized_size == (width, height) and prepared.geometry.crop == (0, 0, width, height)
     assert reference["img_shapes"][0][-1] == (1, *prepared.geometry.grid)
+
+
+@pytest.mark.parametrize("variant", ["edit", "plus"])
+def test_text_encoder_uses_3d_image_positions(request, variant):
+    """Default: the VLM's image tokens get their 3-D positions (the fixed pipeline's); ``mrope=False``
+    is today's pipeline bit for bit (1-D positions under transformers 5)."""
+    backbone = request.getfixturevalue(f"{variant}_backbone")
+    pipe = backbone.pipeline
+    prepared = backbone.prepare_image(load_image(_image((90, 70))))
+    condition = prepared.tensors["condition"]
+    images = [condition] if variant == "plus" else condition
+    instruction = "remove the dog"
+    inputs = pipe.processor(text=[backbone.encoder_text(instruction)], images=images, padding=True, return_tensors="pt")
+    config = pipe.text_encoder.config
+    grid = [tuple(int(x) for x in row) for row in inputs["image_grid_thw"]]
+    merge = config.vision_config.spatial_merge_size
+    assert grid[0][1] // merge > 1 and grid[0][2] // merge > 1
+    reference = reference_mrope_positions(inputs["input_ids"][0].tolist(), config.image_token_id, grid, merge)
+
+    positions, text = rotary_positions(pipe.text_encoder, lambda: backbone.encode_text(["the dog"], [instruction], prepared))
+    assert torch.equal(positions[:, 0].cpu(), reference)
+    with torch.no_grad():
+        explicit = pipe.text_encoder(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"],
+            image_grid_thw=inputs["image_grid_thw"], position_ids=reference[:, None], output_hidden_states=True,
+        ).hidden_states[-1][0, pipe.prompt_template_encode_start_idx :]
+    torch.testing.assert_close(text.tensors["embeds"][0], explicit, rtol=0, atol=0)
+
+    today, _ = pipe._get_qwen_prompt_embeds([instruction], images, backbone.device)
+    backbone.mrope = False
+    try:
+        flat, sequential = rotary_positions(pipe.text_encoder, lambda: backbone.encode_text(["the dog"], [instruction], prepared))
+    finally:
+        backbone.mrope = True
+    assert torch.equal(flat[0, 0].cpu(), torch.arange(inputs["input_ids"].shape[1]))
+    torch.testing.assert_close(sequential.tensors["embeds"], today, rtol=0, atol=0)
+    assert not torch.allclose(text.tensors["embeds"], today)
 
 
 def test_full_size_rule_is_one_megapixel_in_multiples_of_32():
@@ -317,11 +374,11 @@ def capture_reference_qkv(store: list):
 _plan = expression_plan
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_equal_naive_full_attention_with_the_padding_mask(edit_backbone, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_equal_naive_full_attention_with_the_padding_mask(edit_backbone, route):
     image, text = _encode(edit_backbone, ["the red circle", "a big zebra on the left"], _image((90, 70)))
     assert text.tensors["mask"] is not None  # two lengths: the first prompt is padded
-    plan = _plan(edit_backbone, image, text, fused=fused)
+    plan = _plan(edit_backbone, image, text, route=route)
     inputs = edit_backbone.first_step_inputs(image, text, seed=3)
     captured: list = []
     with torch.no_grad(), capture_reference_qkv(captured):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import editseg.backbones.step1x.model as step1x_model
 from editseg.backbones.step1x.model import Step1XConfig, Step1XEditDiT, probes_installed
 from editseg.probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
+from reference import ROUTES
 
 TINY = Step1XConfig(
     in_channels=16,
@@ -232,12 +233,12 @@ def test_connector_without_pooled_scale_matches_reference():
 
 
 # -- probes ---------------------------------------------------------------------------------------
-def _plan(batch, text_len, rows, cols, fused=True, features=None):
+def _plan(batch, text_len, rows, cols, route="lse", features=None):
     layout = TokenLayout(text_len=text_len, noisy_len=rows * cols, clean_len=rows * cols, grid=(rows, cols))
     prompt = torch.zeros(batch, text_len)
     prompt[0, [1, 2]] = 1
     prompt[1, [3]] = 1
-    return ProbePlan(layout, prompt, None, features or {}, fused=fused)
+    return ProbePlan(layout, prompt, None, features or {}, **ROUTES[route])
 
 
 def _capture_qkv(model, inputs):
@@ -269,10 +270,10 @@ def _naive(q, k, layout, prompt_mask):
     return torch.stack(cams), torch.stack(rams)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_equal_naive_attention_on_double_and_single_blocks(tiny_dit, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_equal_naive_attention_on_double_and_single_blocks(tiny_dit, route):
     inputs = _inputs()
-    plan = _plan(2, 7, 3, 4, fused=fused)
+    plan = _plan(2, 7, 3, 4, route=route)
     captured = _capture_qkv(tiny_dit, inputs)
     assert len(captured) == TINY.depth + TINY.depth_single_blocks
     recorder = ProbeRecorder(plan)
@@ -285,11 +286,11 @@ def test_probes_equal_naive_attention_on_double_and_single_blocks(tiny_dit, fuse
         torch.testing.assert_close(recorder.ram[block].double(), ram, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_probes_leave_output_unchanged_and_features_match(tiny_dit, fused):
+@pytest.mark.parametrize("route", ["lse", "fused", "separate"])
+def test_probes_leave_output_unchanged_and_features_match(tiny_dit, route):
     inputs = _inputs()
     blocks = frozenset(range(TINY.depth + TINY.depth_single_blocks))
-    plan = _plan(2, 7, 3, 4, fused=fused, features={"attn": blocks, "adaln": blocks, "block": blocks})
+    plan = _plan(2, 7, 3, 4, route=route, features={"attn": blocks, "adaln": blocks, "block": blocks})
     layout = plan.layout
     with torch.no_grad():
         bare = tiny_dit(**inputs)
@@ -297,7 +298,7 @@ def test_probes_leave_output_unchanged_and_features_match(tiny_dit, fused):
         with probes_installed(tiny_dit, recorder):
             probed = tiny_dit(**inputs)
         again = tiny_dit(**inputs)
-    if fused:
+    if route == "fused":
         torch.testing.assert_close(probed, bare, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(probed, bare)
@@ -417,7 +418,7 @@ def test_vlm_input_matches_processor_and_token_counts(step1x_backbone, photo):
     assert int((inputs.input_ids == pad).sum()) == int(inputs.image_grid_thw.prod()) // 4
     assert torch.equal(inputs.attention_mask, (inputs.input_ids > 0).long())
     assert inputs.text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
-    assert "User Prompt:Picture 1: <|vision_start|><|image_pad|><|vision_end|>remove the dog<|im_end|>\n<|im_start|>assistant\n" in inputs.text
+    assert "User Prompt:<|vision_start|><|image_pad|><|vision_end|>remove the dog<|im_end|>\n<|im_start|>assistant\n" in inputs.text
     # an apostrophe opens a "quote": the rest is tokenised one character at a time, as officially
     quoted = vlm_inputs(pipe.processor, "remove the man's hat", view)
     assert quoted.input_ids.shape[1] > vlm_inputs(pipe.processor, "remove the mans hat", view).input_ids.shape[1]
@@ -430,6 +431,7 @@ def test_vlm_input_matches_processor_and_token_counts(step1x_backbone, photo):
         hidden = pipe.text_encoder(
             input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, pixel_values=inputs.pixel_values,
             image_grid_thw=inputs.image_grid_thw, output_hidden_states=True,
+            mm_token_type_ids=(inputs.input_ids == pad).int(),  # 3-D image positions (test_step1x_official_text)
         ).hidden_states[-1]
     torch.testing.assert_close(text.tensors["embeds"][0, :length], hidden[0, pipe.drop_tokens :])
 

@@ -21,6 +21,7 @@ from ..errors import ConfigError, UnsupportedModelError
 from ..geometry import ImageGeometry
 from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import PromptTokens
+from .trajectory import TrajectoryCache
 
 RANDOM_WEIGHTS_NOTICE = (
     "RANDOM WEIGHTS: model {name!r} is randomly initialised, so its output is meaningless. "
@@ -63,6 +64,14 @@ class Backbone(ABC):
     @property
     def num_blocks(self) -> int:
         return self.num_double_blocks + self.num_single_blocks
+
+    @property
+    def trajectories(self) -> TrajectoryCache:
+        """The denoising trajectory shared by probes at several timesteps (see :mod:`.trajectory`)."""
+        cache = self.__dict__.get("_trajectories")
+        if cache is None:
+            cache = self.__dict__["_trajectories"] = TrajectoryCache()
+        return cache
 
     @property
     def default_feature_block(self) -> int:

@@ -309,16 +309,20 @@ class FluxKontextBackbone(Backbone):
         )
         sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
         timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
-        scheduler.set_begin_index(0)
-        latents = inputs["hidden_states"][:, : layout.noisy_len].clone()
+        key = self.trajectories.key(image, text, seed, num_steps)
+        start, latents = self.trajectories.resume(key, step_index)  # a shared trajectory: resume
+        if latents is None:
+            latents = inputs["hidden_states"][:, : layout.noisy_len].clone()
+        scheduler.set_begin_index(start)
         clean = inputs["hidden_states"][:, layout.noisy_len :]
         batch = latents.shape[0]
         with torch.inference_mode():
-            for t in timesteps[:step_index]:
+            for t in timesteps[start:step_index]:
                 step = dict(inputs, hidden_states=torch.cat([latents, clean], dim=1))
                 step["timestep"] = t.expand(batch).to(latents.dtype) / 1000
                 velocity = pipe.transformer(**step, return_dict=False)[0][:, : layout.noisy_len]
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        self.trajectories.store(key, step_index, latents)
         inputs["hidden_states"] = torch.cat([latents, clean], dim=1)
         inputs["timestep"] = timesteps[step_index].expand(batch).to(latents.dtype) / 1000
         return inputs

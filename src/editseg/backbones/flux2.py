@@ -297,16 +297,18 @@ class Flux2KleinBackbone(Backbone):
         sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
         mu = compute_empirical_mu(image_seq_len=noisy_len, num_steps=num_steps)
         timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
-        scheduler.set_begin_index(0)
         hidden, clean = inputs["hidden_states"][:, :noisy_len], inputs["hidden_states"][:, noisy_len:]
         batch = hidden.shape[0]
+        key = self.trajectories.key(image, text, seed, num_steps)
+        start, latents = self.trajectories.resume(key, step_index)  # a shared trajectory: resume
+        latents = hidden.clone() if latents is None else latents
+        scheduler.set_begin_index(start)
         negative = None
         guidance_scale = GUIDANCE_SCALE if not pipe.config.is_distilled else 1.0
-        if guidance_scale > 1:
+        if guidance_scale > 1 and start < step_index:
             negative = self.encode_text([""] * batch, [""] * batch, align=False).tensors
-        latents = hidden.clone()
         with torch.inference_mode():
-            for t in timesteps[:step_index]:
+            for t in timesteps[start:step_index]:
                 step = dict(inputs, hidden_states=torch.cat([latents, clean], dim=1).to(pipe.transformer.dtype))
                 step["timestep"] = (t.expand(batch) / 1000).to(latents.dtype)
                 velocity = pipe.transformer(**step, return_dict=False)[0][:, :noisy_len]
@@ -315,6 +317,7 @@ class Flux2KleinBackbone(Backbone):
                     uncond = pipe.transformer(**step, return_dict=False)[0][:, :noisy_len]
                     velocity = uncond + guidance_scale * (velocity - uncond)
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        self.trajectories.store(key, step_index, latents)
         inputs["hidden_states"] = torch.cat([latents, clean], dim=1).to(pipe.transformer.dtype)
         inputs["timestep"] = (timesteps[step_index].expand(batch) / 1000).to(latents.dtype)
         return inputs

@@ -15,6 +15,12 @@ and ``models/transformers/transformer_qwenimage.py``):
   ``<|vision_start|> <|image_pad|>xN <|vision_end|> instruction <|im_end|> \\n <|im_start|>
   assistant \\n`` (Edit-2509 adds ``Picture 1: `` before the vision tokens). The VLM looks at the
   same resized image (Edit) or at a ~384x384 copy (2509, ``CONDITION_IMAGE_SIZE``).
+- 3-D positions: under transformers 5 Qwen2.5-VL builds its image tokens' M-RoPE positions only
+  when given ``mm_token_type_ids``; the pipelines do not pass them (diffusers issue #14194, fix
+  pending in PR #14189) and so silently run the VLM with 1-D positions. editseg passes the
+  processor's ``mm_token_type_ids`` by default (``mrope=True``: the model as trained, and what the
+  fixed pipeline computes), deliberately diverging from today's pipeline; ``mrope=False`` calls the
+  pipeline's own encoder (bit-identical to today's ``QwenImageEdit*Pipeline``).
 - Text is not padded to a fixed length: a batch is zero-padded to its longest prompt and the
   pipeline passes ``encoder_hidden_states_mask`` (``None`` when nothing is padded), which the
   attention turns into a key mask.
@@ -148,6 +154,7 @@ class QwenImageEditBackbone(Backbone):
         default_max_side: int | None = None,
         vae_area: int = VAE_AREA,
         condition_area: int = CONDITION_AREA,
+        mrope: bool = True,
     ):
         class_name = type(pipeline).__name__
         if class_name not in PIPELINE_CLASS_NAMES:
@@ -160,6 +167,7 @@ class QwenImageEditBackbone(Backbone):
         self.default_max_side = default_max_side
         self.vae_area = vae_area
         self.condition_area = condition_area
+        self.mrope = mrope
         self.is_plus = class_name == "QwenImageEditPlusPipeline"
         self.num_double_blocks = len(pipeline.transformer.transformer_blocks)
         self.num_single_blocks = 0
@@ -257,9 +265,11 @@ class QwenImageEditBackbone(Backbone):
         drop = pipe.prompt_template_encode_start_idx
         embeds, prompts = [], []
         for expression, instruction in zip(expressions, instructions):
-            hidden, _ = pipe._get_qwen_prompt_embeds(
-                [instruction], [condition] if self.is_plus else condition, self.device
-            )
+            images = [condition] if self.is_plus else condition
+            if self.mrope:
+                hidden = self.prompt_embeds(instruction, images)
+            else:
+                hidden, _ = pipe._get_qwen_prompt_embeds([instruction], images, self.device)
             prompts.append(self._align(expression, instruction, image, drop, hidden.shape[1]))
             embeds.append(hidden[0])
         lengths = [e.shape[0] for e in embeds]
@@ -274,6 +284,30 @@ class QwenImageEditBackbone(Backbone):
             prompts=prompts,
             tensors={"embeds": stacked, "mask": None if bool(mask.all()) else mask, "image": image},
         )
+
+    @torch.no_grad()
+    def prompt_embeds(self, instruction: str, images) -> torch.Tensor:
+        """(1, L, D) text-stream embeddings of one instruction: the pipeline's
+        ``_get_qwen_prompt_embeds`` for a batch of one, plus ``mm_token_type_ids`` so that the VLM
+        uses its 3-D image positions (see the module docstring)."""
+        pipe = self.pipeline
+        encoder = pipe.text_encoder
+        inputs = pipe.processor(text=[self.encoder_text(instruction)], images=images, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device)
+        token_types = inputs.get("mm_token_type_ids")
+        if token_types is None:  # processors before transformers 5 do not return them
+            token_types = (inputs["input_ids"] == encoder.config.image_token_id).int()
+        output = encoder(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            mm_token_type_ids=token_types,
+            output_hidden_states=True,
+        )
+        keep = inputs["attention_mask"][0].bool()
+        hidden = output.hidden_states[-1][0][keep][pipe.prompt_template_encode_start_idx :]
+        return hidden[None].to(encoder.dtype)
 
     def _align(self, expression: str, instruction: str, image: PreparedImage, drop: int, kept: int) -> PromptTokens:
         """Map the instruction's words to positions of the transformer's text stream: the tokens
@@ -356,16 +390,21 @@ class QwenImageEditBackbone(Backbone):
         )
         sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
         timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
-        scheduler.set_begin_index(0)
         hidden = inputs["hidden_states"]
-        latents, clean = hidden[:, :noisy_len].clone(), hidden[:, noisy_len:]
+        key = self.trajectories.key(image, text, seed, num_steps)
+        start, latents = self.trajectories.resume(key, step_index)  # a shared trajectory: resume
+        if latents is None:
+            latents = hidden[:, :noisy_len].clone()
+        scheduler.set_begin_index(start)
+        clean = hidden[:, noisy_len:]
         batch = latents.shape[0]
         with torch.inference_mode():
-            for t in timesteps[:step_index]:
+            for t in timesteps[start:step_index]:
                 step = dict(inputs, hidden_states=torch.cat([latents, clean], dim=1))
                 step["timestep"] = t.expand(batch).to(latents.dtype) / 1000
                 velocity = pipe.transformer(**step, return_dict=False)[0][:, :noisy_len]
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        self.trajectories.store(key, step_index, latents)
         inputs["hidden_states"] = torch.cat([latents, clean], dim=1)
         inputs["timestep"] = timesteps[step_index].expand(batch).to(latents.dtype) / 1000
         return inputs

@@ -15,7 +15,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..errors import UnsupportedModelError
-from .recorder import ProbeRecorder
+from .recorder import ProbeRecorder, native_attend_lse
 
 
 class ProbeProcessor:
@@ -42,7 +42,19 @@ class ProbeProcessor:
                 parallel_config=self._parallel_config,
             )
 
-        out = self.recorder.attend(self.block, query, key, value, attend, attn_mask=attention_mask)
+        def attend_lse(q, k, v):
+            if self._attention_backend is None:  # diffusers' default: native scaled_dot_product_attention
+                return native_attend_lse(q, k, v, attention_mask)
+            try:
+                out, lse = dispatch_attention_fn(
+                    q, k, v, attn_mask=attention_mask, backend=self._attention_backend,
+                    parallel_config=self._parallel_config, return_lse=True,
+                )
+            except ValueError:  # a backend without log-sum-exp output
+                return None
+            return out, lse.transpose(1, 2)  # diffusers gives lse as (B, S, H)
+
+        out = self.recorder.attend(self.block, query, key, value, attend, attn_mask=attention_mask, attend_lse=attend_lse)
         return out.flatten(2, 3).to(query.dtype)
 
 

@@ -17,11 +17,22 @@ tensor holds ``x`` on ``S`` and 0 elsewhere, so both are computed with fused att
    differs from the full softmax only by the row factor ``d_h``,
    ``A_h[v,v] c̄ = d_h ⊙ (T_h c̄)``, and ``r = mean_h(d_h ⊙ T_h c̄) / mean_h d_h`` exactly.
 
-With ``ProbePlan.fused`` (default) step 1 rides along the model's own attention call: q and k
+Three routes compute the same terms (exactly, up to float rounding):
+
+- **log-sum-exp** (``ProbePlan.lse``; the default on CPU): the model's own attention call is run
+  through a kernel that also returns each row's log-sum-exp ``L_h(v) = log Σ_all exp(s_vj)`` (the
+  CPU flash kernel computes it anyway), so the model output is bit-identical to a bare forward and
+  no tensor is widened. Then ``c_h = exp(logsumexp_{j∈p}(s_vj + log x_j) - L_h)`` from the few
+  prompt keys, and step 2 below also returns its log-sum-exp over the clean keys ``L^v_h``, which
+  gives ``d_h = exp(L^v_h - L_h)`` without a step-1 call. Extra work: one clean×clean attention
+  call per block (plus the prompt columns), nothing on the model's own call.
+- **fused** (``ProbePlan.fused``, the default where no log-sum-exp kernel is at hand): q and k
 get 8 zero channels (scores unchanged; the softmax scale stays 1/sqrt(head_dim)) and v gets the
-two indicator channels, so the extra cost of step 1 is 8 channels of one attention call instead
-of a second pass over all keys. The model output then equals the bare output up to float
-rounding (the kernel reduces over a wider head); ``fused=False`` keeps it bit-identical.
+  two indicator channels, so the extra cost of step 1 is 8 channels of one attention call instead
+  of a second pass over all keys. The model output then equals the bare output up to float
+  rounding (the kernel reduces over a wider head). On GPU the 136-channel head leaves the
+  kernels' 128-channel fast paths (docs/benchmarks.md).
+- **separate** (``fused=False``): step 1 as its own call; model output bit-identical.
 
 Memory is O(N) per block. Probe maths runs in float32 (``probe_dtype``) whatever the model dtype.
 Value tensors are zero-padded to the head dimension: fused kernels (flash on CPU and GPU) need
@@ -96,6 +107,7 @@ class ProbePlan:
     features: dict[str, frozenset[int]] = field(default_factory=dict)
     probe_dtype: torch.dtype = torch.float32
     fused: bool = True
+    lse: bool | None = None  # the log-sum-exp route; None: on CPU only (where CI checks it)
 
     def __post_init__(self) -> None:
         if self.prompt_mask.ndim != 2 or self.prompt_mask.shape[1] != self.layout.text_len:
@@ -172,6 +184,98 @@ def propagate(
     return prompt_mass, propagated / degree.clamp_min(torch.finfo(q_clean.dtype).tiny)
 
 
+def attention_with_lse(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Fused attention on (B, H, L, D) tensors that also returns the row log-sum-exp of the scaled
+    scores: ``(out (B, H, L, Dv), lse (B, H, L) float32)``, or None on devices without such a kernel.
+
+    CPU: the flash kernel ``scaled_dot_product_attention`` itself picks (same output, bit for bit).
+    CUDA (not exercised in CI): the flash kernel for half precision without a mask (again
+    the kernel the bare call picks), else the memory-efficient kernel."""
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device).masked_fill(~attn_mask, float("-inf"))
+    if query.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=attn_mask, scale=scale
+        )
+        return out, lse
+    if query.device.type == "cuda":
+        if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False, scale=scale)[:2]
+            return out, lse
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, attn_mask, True, 0.0, False, scale=scale
+        )[:2]
+        return out, lse[..., : query.shape[-2]]  # the kernel pads its lse rows to a multiple of 32
+    return None
+
+
+def native_attend_lse(query, key, value, attn_mask=None):
+    """:func:`attention_with_lse` on (B, S, H, D) tensors, as the model's native attention lays them
+    out: ``(out (B, S, H, D), lse (B, H, S))`` or None."""
+    result = attention_with_lse(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask)
+    if result is None:
+        return None
+    return result[0].transpose(1, 2), result[1]
+
+
+def statistics_from_lse(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    lse: torch.Tensor,
+    layout: TokenLayout,
+    prompt_mask: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    probe_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c, r)`` (each (batch, clean_len)) from the model call's row log-sum-exp ``lse`` (B, H, S);
+    ``query``/``key`` (B, S, H, D) as the block used them, default scale 1/sqrt(head_dim)."""
+    q = query[:, layout.clean].transpose(1, 2).to(probe_dtype)  # B, H, Nv, D
+    k = key.transpose(1, 2).to(probe_dtype)  # B, H, S, D
+    row_lse = lse[:, :, layout.clean].to(probe_dtype)  # B, H, Nv
+    batch, heads, clean_len, width = q.shape
+    scale = width**-0.5
+    mask_rows = None if attn_mask is None else _additive(_rows(attn_mask, layout.clean), probe_dtype)
+    prompt_mass_h = _prompt_mass(q, k, row_lse, prompt_mask.to(q.device, probe_dtype), scale, mask_rows)
+    prompt_mass = prompt_mass_h.mean(dim=1)  # c = Ā[v,p]·1
+    values = q.new_zeros((batch, 1, clean_len, width))  # width as the keys: the flash kernel's need
+    values[:, 0, :, 0] = prompt_mass
+    mask_clean = None if mask_rows is None else mask_rows[..., layout.clean]
+    result = attention_with_lse(q, k[:, :, layout.clean], values.expand(batch, heads, clean_len, width), mask_clean, scale)
+    if result is None:
+        raise RuntimeError(f"no log-sum-exp attention kernel on {q.device}")
+    within, clean_lse = result
+    clean_mass_h = torch.exp(clean_lse.to(probe_dtype) - row_lse)  # d_h = A_h[v,v]·1
+    propagated = (clean_mass_h * within[..., 0]).mean(dim=1)  # Ā[v,v]·c
+    degree = clean_mass_h.mean(dim=1)
+    return prompt_mass, propagated / degree.clamp_min(torch.finfo(probe_dtype).tiny)
+
+
+def _prompt_mass(q, k, row_lse, weights, scale, mask_rows) -> torch.Tensor:
+    """Per head ``A_h[v,p]·x`` = exp(logsumexp_j(s_vj + log x_j) - L_h(v)) over the prompt keys
+    (text positions where any batch element has a weight); (B, H, Nv)."""
+    if bool((weights < 0).any()):
+        raise ValueError("the log-sum-exp probe route needs non-negative prompt weights")
+    columns = weights.sum(dim=0).nonzero()[:, 0]
+    if columns.numel() == 0:
+        return row_lse.new_zeros(row_lse.shape)
+    scores = torch.matmul(q, k[:, :, columns].transpose(-1, -2)) * scale + weights[:, None, None, columns].log()
+    if mask_rows is not None:
+        scores = scores + mask_rows[..., columns]
+    return torch.exp(torch.logsumexp(scores, dim=-1) - row_lse)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
 FUSED_PAD = 8
 
 
@@ -235,14 +339,28 @@ class ProbeRecorder:
         self.cam[block] = cam
         self.ram[block] = ram
 
-    def attend(self, block: int, query, key, value, attend, attn_mask=None) -> torch.Tensor:
+    def uses_lse(self, device: torch.device) -> bool:
+        return self.plan.lse if self.plan.lse is not None else device.type == "cpu"
+
+    def attend(self, block: int, query, key, value, attend, attn_mask=None, attend_lse=None) -> torch.Tensor:
         """Run the block's attention through ``attend(q, k, v, scale)`` and record this block's terms.
 
         ``attend`` is the model's own attention function (so user-chosen kernels stay in use);
-        with ``plan.fused`` the probe's first step rides along inside that call.
+        ``attend_lse(q, k, v)``, when given, is the same attention returning ``(out, lse)`` with
+        ``lse`` (batch, heads, seq), or None where it cannot (then the fused/separate route runs).
+        With ``plan.fused`` the probe's first step rides along inside the model's call.
         """
         if not self.wants_attention(block):
             return attend(query, key, value, None)
+        if attend_lse is not None and self.uses_lse(query.device):
+            result = attend_lse(query, key, value)
+            if result is not None:
+                out, lse = result
+                with torch.no_grad():
+                    self.cam[block], self.ram[block] = statistics_from_lse(
+                        query, key, lse, self.layout, self.plan.prompt_mask, attn_mask, self.plan.probe_dtype
+                    )
+                return out
         if not self.plan.fused:
             self.record_attention(block, query, key, attn_mask=attn_mask)
             return attend(query, key, value, None)

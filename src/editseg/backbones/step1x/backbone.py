@@ -1,8 +1,16 @@
 """Step1X-Edit as an editseg :class:`~editseg.backbones.base.Backbone`.
 
 One DiT forward at the first denoising step (t = 1): joint sequence
-``[text (640: "Picture 1: ", VLM image tokens, instruction, template tail, zero padding) | noisy | reference]``.
+``[text (640: VLM image tokens, instruction, template tail, zero padding) | noisy | reference]``.
 Only the conditional branch is run (the official sampler adds a negative-prompt branch for CFG).
+
+Switches (attributes, set after loading, e.g. ``segmenter.backbone.vae_latent = "sample"``):
+
+- ``vae_latent``: ``"mean"`` (default: the posterior mean, deterministic) or ``"sample"`` (the
+  official ``mean + std * noise`` draw, seeded with ``vae_seed``);
+- ``mrope``: True (default) gives the VLM's image tokens their 3-D positions, as the official
+  environment did; False is transformers 5's 1-D fall-back (for comparison only);
+- ``add_vision_id``: False (default, the official text) or True ("Picture 1: " before the image).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from ...errors import ExpressionError
+from ...errors import ConfigError, ExpressionError
 from ...geometry import ImageGeometry
 from ...probing.recorder import ProbeRecorder, TokenLayout
 from ...text import align_prompt
@@ -35,6 +43,10 @@ class Step1XEditBackbone(Backbone):
         self.num_double_blocks = len(transformer.double_blocks)
         self.num_single_blocks = len(transformer.single_blocks)
         self.patch = pipeline.vae_scale_factor * 2
+        self.vae_latent: str = "mean"
+        self.vae_seed: int = 0
+        self.mrope: bool = True
+        self.add_vision_id: bool = False
 
     @property
     def default_feature_block(self) -> int:
@@ -68,7 +80,9 @@ class Step1XEditBackbone(Backbone):
                 source = source.resize((max(1, round(source.width * scale)), max(1, round(source.height * scale))), Image.Resampling.LANCZOS)
         resized = source.resize(geometry.resized_size)  # PIL's default filter (bicubic), as the official code
         pixels = unit_pixels(resized)
-        latents = self.pipeline.encode_image(pixels[None])
+        if self.vae_latent not in ("mean", "sample"):
+            raise ConfigError(f"vae_latent must be 'mean' or 'sample'; got {self.vae_latent!r}.")
+        latents = self.pipeline.encode_image(pixels[None], sample=self.vae_latent == "sample", seed=self.vae_seed)
         rows, cols = geometry.grid
         prepared = PreparedImage(
             geometry=geometry,
@@ -89,8 +103,8 @@ class Step1XEditBackbone(Backbone):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prompts, embeds, masks = [], [], []
         for expression, instruction in zip(expressions, instructions):
-            inputs = vlm_inputs(pipe.processor, instruction, image.tensors["vlm_image"])
-            embed, mask = pipe.encode_prompt(inputs)
+            inputs = vlm_inputs(pipe.processor, instruction, image.tensors["vlm_image"], add_vision_id=self.add_vision_id)
+            embed, mask = pipe.encode_prompt(inputs, mrope=self.mrope)
             start, length = pipe.drop_tokens, int(mask.sum())
             ids = inputs.input_ids[0, start : start + length].tolist()
             spans = inputs.spans[start : start + length]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...probing.recorder import ProbeRecorder
+from ...probing.recorder import ProbeRecorder, native_attend_lse
 from .connector import Qwen2Connector, sinusoidal_embedding
 
 
@@ -157,7 +157,7 @@ class _Attending(nn.Module):
         if self.recorder is None:
             out = sdpa_attend(q, k, v, None)
         else:
-            out = self.recorder.attend(self.index, q, k, v, sdpa_attend).to(q.dtype)
+            out = self.recorder.attend(self.index, q, k, v, sdpa_attend, attend_lse=native_attend_lse).to(q.dtype)
             self.recorder.record_feature("attn", self.index, out.flatten(2)[:, self.recorder.layout.clean])
         return out.flatten(2)
 

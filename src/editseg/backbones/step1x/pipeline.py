@@ -9,14 +9,24 @@ Image (``ImageGenerator.input_process_image``, ``generate_image``):
 
 Text (``Qwen25VL_7b_Embedder.forward``), one prompt at a time:
   chat = processor chat template of one user turn ``[PREFIX text, the image, instruction]``
-  (``add_vision_id``: "Picture 1: " before the vision tokens; default system prompt); the VLM sees
+  (default system prompt). The official call passes ``add_vision_id=True``, but its pinned
+  transformers 4.49 drops that keyword silently, so the official text has NO "Picture 1: " before
+  the vision tokens; editseg renders the template without it (5 tokens fewer than a
+  transformers >= 4.56 rendering would give; ``add_vision_id=True`` is kept as an option). The VLM sees
   the reference image after ``ToPILImage`` (truncating ``x*255``) and qwen-vl-utils' resize to
   multiples of 28, then the processor's own resize within 256..324 × 28² pixels. Everything after
   the vision-end token is re-tokenised piecewise (double quotes — and apostrophes, turned into
   double quotes — after character 155 switch to one piece per character); the attention mask is
   ``ids > 0``. The last hidden state (after the final norm) from token 217 on, at most 640 tokens,
   zero-padded to 640 with a 0/1 mask, goes to the connector. The DiT's text stream therefore holds
-  "Picture 1: ", the VLM's image tokens, the instruction and the chat-template tail.
+  the VLM's image tokens (from ``<|vision_start|>``), the instruction and the chat-template tail.
+  The VLM runs with its 3-D (M-RoPE) positions for the image tokens, as under transformers 4.49:
+  transformers 5 builds them only when given ``mm_token_type_ids`` (1 on image tokens), so
+  :meth:`Step1XPipeline.encode_prompt` passes them (without, it silently falls back to 1-D positions).
+
+VAE latent: the official autoencoder SAMPLES its posterior (``mean + std * randn``, unseeded);
+editseg takes the mean by default (deterministic) and offers the official draw, seeded
+(:meth:`Step1XPipeline.encode_image` ``sample=True``; ``Step1XEditBackbone.vae_latent``).
 
 Timestep: sigma = t = 1.0 at the first step (the DiT multiplies by 1000 for its embedding).
 """
@@ -192,8 +202,12 @@ def piecewise_tokens(tokenizer, text: str) -> tuple[list[int], list[tuple[int, i
     return ids, spans
 
 
-def chat_text(processor, instruction: str, image: Image.Image) -> str:
-    """The chat-templated string of the official prompt (prefix, image, instruction)."""
+def chat_text(processor, instruction: str, image: Image.Image, add_vision_id: bool = False) -> str:
+    """The chat-templated string of the official prompt (prefix, image, instruction).
+
+    ``add_vision_id`` defaults to False: what the official code effectively renders under its pinned
+    transformers 4.49 (which ignores the ``add_vision_id=True`` it passes); True inserts
+    "Picture 1: " before the vision tokens, as newer transformers would."""
     messages = [
         {
             "role": "user",
@@ -204,7 +218,9 @@ def chat_text(processor, instruction: str, image: Image.Image) -> str:
             ],
         }
     ]
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, add_vision_id=True)
+    return processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, add_vision_id=add_vision_id
+    )
 
 
 @dataclass
@@ -219,9 +235,9 @@ class VLMInputs:
     spans: list[tuple[int, int]]  # per token of input_ids; (0, 0) for template/image tokens before the vision end
 
 
-def vlm_inputs(processor, instruction: str, vlm_image: Image.Image) -> VLMInputs:
-    """Build the VLM input exactly as ``Qwen25VL_7b_Embedder.forward`` does."""
-    text = chat_text(processor, instruction, vlm_image)
+def vlm_inputs(processor, instruction: str, vlm_image: Image.Image, add_vision_id: bool = False) -> VLMInputs:
+    """Build the VLM input exactly as ``Qwen25VL_7b_Embedder.forward`` does (see :func:`chat_text`)."""
+    text = chat_text(processor, instruction, vlm_image, add_vision_id=add_vision_id)
     encoded = processor(text=[text], images=[vlm_image], padding=True, return_tensors="pt")
     tokenizer = processor.tokenizer
     vision_end = tokenizer.convert_tokens_to_ids(VISION_END)
@@ -263,24 +279,43 @@ class Step1XPipeline(DiffusionPipeline):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels (1, 3, H, W) → packed, normalised latents (1, N, 4C) (posterior mean)."""
+    def encode_image(self, pixels: torch.Tensor, sample: bool = False, seed: int = 0) -> torch.Tensor:
+        """[0, 1] pixels (1, 3, H, W) → packed, normalised latents (1, N, 4C).
+
+        ``sample=False`` (default): the posterior mean. ``sample=True``: the official draw
+        ``mean + exp(logvar / 2) * noise`` (its ``DiagonalGaussian``, no log-variance clamp), the
+        noise from a CPU generator seeded with ``seed`` (the official code draws it unseeded)."""
         vae = self.vae
-        moments = vae.encode((pixels * 2 - 1).to(self._execution_device, vae.dtype)).latent_dist.mean
+        posterior = vae.encode((pixels * 2 - 1).to(self._execution_device, vae.dtype)).latent_dist
+        if sample:
+            mean, logvar = torch.chunk(posterior.parameters, 2, dim=1)  # unclamped, as the official code
+            noise = torch.randn(mean.shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+            latents = mean + torch.exp(0.5 * logvar) * noise.to(mean.device, mean.dtype)
+        else:
+            latents = posterior.mean
         shift = vae.config.shift_factor or 0.0
-        return pack_latents((moments - shift) * vae.config.scaling_factor)
+        return pack_latents((latents - shift) * vae.config.scaling_factor)
 
     @torch.no_grad()
-    def encode_prompt(self, inputs: VLMInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(max_length, hidden) embeddings and (max_length,) 0/1 mask of one prompt."""
+    def encode_prompt(self, inputs: VLMInputs, mrope: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(max_length, hidden) embeddings and (max_length,) 0/1 mask of one prompt.
+
+        ``mrope`` (default): pass ``mm_token_type_ids`` (1 on image-pad tokens) so that the VLM
+        gives its image tokens 3-D positions as it was trained (transformers 4.49 found them from the
+        ids); False reproduces transformers 5's silent fall-back to 1-D positions."""
         device = self._execution_device
         encoder = self.text_encoder
+        extra = {}
+        if mrope:
+            image_token = encoder.config.image_token_id
+            extra["mm_token_type_ids"] = (inputs.input_ids == image_token).int().to(device)
         output = encoder(
             input_ids=inputs.input_ids.to(device),
             attention_mask=inputs.attention_mask.to(device),
             pixel_values=inputs.pixel_values.to(device, encoder.dtype),
             image_grid_thw=inputs.image_grid_thw.to(device),
             output_hidden_states=True,
+            **extra,
         )
         hidden = output.hidden_states[-1][0, self.drop_tokens :][: self.max_length]
         embeds = hidden.new_zeros((self.max_length, hidden.shape[-1]))
