@@ -177,7 +177,9 @@ class EditorTokenProbe:
     def wants_attention(self, block: int) -> bool:
         return self.recorder.wants(block)
 
-    def attend(self, block: int, query, key, value, attend, attn_mask=None) -> torch.Tensor:
+    def attend(self, block: int, query, key, value, attend, attn_mask=None, attend_lse=None) -> torch.Tensor:
+        """The editor's own attention, unchanged; the tracked tokens' maps are recorded on the side
+        (``attend_lse``, the recorder contract's log-sum-exp route, is not needed here)."""
         if attn_mask is not None:
             raise ValueError("per-token probes do not support attention masks")
         self.recorder.record(block, query, key)
