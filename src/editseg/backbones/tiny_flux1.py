@@ -57,9 +57,10 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77)
 
 
-def build_tiny_flux_pipeline(seed: int = 0):
-    """A complete ``FluxPipeline`` (FLUX.1 [dev] structure) with tiny random components (CPU, float32)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+def tiny_flux1_components(seed: int = 0) -> dict:
+    """Tiny random FLUX.1 components (CPU, float32) as keyword arguments of ``FluxPipeline`` or
+    ``FluxKontextPipeline`` (both take the same seven components)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -96,13 +97,20 @@ def build_tiny_flux_pipeline(seed: int = 0):
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     ).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's scheduler config
+    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's (and Kontext-dev's) scheduler config
         base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0,
         use_dynamic_shifting=True,
     )
-    pipeline = FluxPipeline(
+    return dict(
         scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer, text_encoder_2=t5,
         tokenizer_2=t5_tokenizer, transformer=transformer,
     )
+
+
+def build_tiny_flux_pipeline(seed: int = 0):
+    """A complete ``FluxPipeline`` (FLUX.1 [dev] structure) with tiny random components (CPU, float32)."""
+    from diffusers import FluxPipeline
+
+    pipeline = FluxPipeline(**tiny_flux1_components(seed))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
