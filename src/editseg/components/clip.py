@@ -17,7 +17,6 @@ Embeddings are unit vectors; ``encode_text`` gives CLIP's projected text embeddi
 
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError
-from .loading import default_device, load_or_explain, resolve_source
+from .loading import default_device, load_model_and_processor
 from .tiny import TINY_CLIP, build_tiny_clip
 
 CLIP_ALIASES = {
@@ -84,14 +83,7 @@ class ClipComponent:
             return cls(clip.to(device=device, dtype=dtype), processor, name=TINY_CLIP, is_random=True)
         from transformers import CLIPModel, CLIPProcessor
 
-        source = resolve_source(model, CLIP_ALIASES)
-
-        def load(src: str):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return CLIPModel.from_pretrained(src, dtype=dtype), CLIPProcessor.from_pretrained(src)
-
-        clip, processor = load_or_explain("CLIP model", model, source, load)
+        clip, processor = load_model_and_processor("CLIP model", model, CLIP_ALIASES, CLIPModel, CLIPProcessor, dtype)
         return cls(clip.to(device), processor, name=model)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
@@ -50,3 +51,18 @@ def load_or_explain(kind: str, name: str, source: str, load: Callable[[str], T])
             f"Download it with `hf download {source} --local-dir <folder>` and pass that folder. "
             + OFFLINE_HINT
         ) from None
+
+
+def load_model_and_processor(
+    kind: str, name: str, aliases: Mapping[str, str], model_class, processor_class, dtype: torch.dtype
+):
+    """``(model_class.from_pretrained, processor_class.from_pretrained)`` of ``name`` resolved through
+    ``aliases`` (:func:`resolve_source`), with :func:`load_or_explain`'s error when weights are missing.
+    transformers' notices (e.g. the PIL-backend fallback without torchvision) are silenced."""
+
+    def load(source: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return model_class.from_pretrained(source, dtype=dtype), processor_class.from_pretrained(source)
+
+    return load_or_explain(kind, name, resolve_source(name, aliases), load)

@@ -22,7 +22,6 @@ needs OpenCV); ``min_area`` here drops whole masks below that many pixels instea
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from .loading import default_device, load_or_explain, resolve_source
+from .loading import default_device, load_model_and_processor
 from .tiny import TINY_SAM, build_tiny_sam
 
 SAM_ALIASES = {
@@ -160,14 +159,7 @@ class SamComponent:
             return cls(sam.to(device=device, dtype=dtype), processor, name=TINY_SAM, is_random=True)
         from transformers import SamModel, SamProcessor
 
-        source = resolve_source(model, SAM_ALIASES)
-
-        def load(src: str):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the PIL-backend fallback notice when torchvision is absent
-                return SamModel.from_pretrained(src, dtype=dtype), SamProcessor.from_pretrained(src)
-
-        sam, processor = load_or_explain("SAM model", model, source, load)
+        sam, processor = load_model_and_processor("SAM model", model, SAM_ALIASES, SamModel, SamProcessor, dtype)
         return cls(sam.to(device), processor, name=model)
 
     @property
