@@ -21,8 +21,7 @@ def test_three_methods_on_the_same_data_make_one_table(tmp_path, capsys):
                      "--device", "cpu", "--out", str(tmp_path / method), "--no-progress"])
         assert code == 0, capsys.readouterr().err
     summaries = {m: json.loads((tmp_path / m / "summary.json").read_text()) for m in RUNS}
-    # early-grounding records predate --method and keep their settings unchanged (resumable): no "method" key
-    assert {s["settings"].get("method", "early-grounding") for s in summaries.values()} == set(RUNS)
+    assert {s["settings"]["method"] for s in summaries.values()} == set(RUNS)  # every header names its method
     assert len({tuple(s["benchmark"]) for s in summaries.values()}) == 1  # one column: the same data
     assert all(s["num_samples"] == 2 for s in summaries.values())
 

@@ -136,10 +136,10 @@ def test_cli_trains_and_the_method_predicts(tmp_path, capsys):
 
 
 def test_rlfseg_without_a_lora_says_what_to_do(monkeypatch, tmp_path):
-    from editseg.errors import ConfigError, ModelNotFoundError
+    from editseg.errors import ModelNotFoundError
     from editseg.methods import rlfseg
 
-    with pytest.raises(ConfigError, match="--lora"):
+    with pytest.raises(ModelNotFoundError, match="--lora"):
         rlfseg.RLFseg.from_pretrained("sd15")
     monkeypatch.setattr(rlfseg, "TOY_LORA_DIR", tmp_path / "absent")
     with pytest.raises(ModelNotFoundError, match="editseg train rlfseg"):

@@ -293,8 +293,12 @@ def _eval(args: argparse.Namespace) -> int:
     settings = config.to_dict()
     if settings["feature_block"] is None:
         del settings["feature_block"]  # the backbone's default, known once it is loaded
-    early = {"config": settings, "max_side": args.max_side}
-    if args.method != "early-grounding":  # the method options are early grounding's; others record their own
+    early = {"method": args.method, "config": settings, "max_side": args.max_side}
+    if args.method == "rlfseg":  # which LoRA and sampler, known without loading the model
+        from ..methods.rlfseg import lora_fingerprint, resolve_lora
+
+        early = {"method": args.method, "config": {"sampler": args.sampler, "lora_sha256": lora_fingerprint(resolve_lora(args.model, args.lora))}}
+    elif args.method != "early-grounding":  # the method options are early grounding's; others record their own
         early = {"method": args.method}
     check_resumable(  # before loading the model: a mismatch fails in seconds, not minutes
         records_path, {**early, **dataset_info(dataset), "shard": shard_label(args.shard)},

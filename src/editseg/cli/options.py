@@ -52,7 +52,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("model")
     group.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"segmentation method (default: {DEFAULT_METHOD})")
-    group.add_argument("--lora", default=None, help="rlfseg: LoRA folder written by `editseg train rlfseg` (its rlfseg_config.json names the base model)")
+    group.add_argument("--lora", default=None, help="rlfseg: LoRA folder written by `editseg train rlfseg` (its rlfseg_config.json names the base model; default with toy-shapes: the LoRA shipped in the package)")
     group.add_argument("--sampler", default="aos", choices=["one-step", "aos", "multi-step", "hss"],
                        help="rlfseg: one step with adaptive rescaling (aos, the paper's), plain one step, Euler steps, or hybrid (default: aos)")
     group.add_argument("--model", default=None, help=f"model name, hub id or local folder (default: the method's; {DEFAULT_MODEL} for {DEFAULT_METHOD})")

@@ -59,13 +59,18 @@ def register(subparsers: Any) -> None:
             rlfseg.add_argument(flag, dest=field.name, type=_option_type(hints[field.name]), default=field.default,
                                 help=f"{help_text} (default {field.default})".strip())
 
-    evaluate = actions.add_parser("rlfseg-eval", help="score an RLFseg LoRA per sampler (Table 5's AOS rows, Table 9)")
+    evaluate = actions.add_parser(
+        "rlfseg-eval", help="score an RLFseg LoRA per sampler (Table 5's AOS rows, Table 9), no records",
+        description="A quick mIoU/oIoU per sampler. `editseg eval --method rlfseg --lora PATH --sampler S` is the "
+                    "resumable path with records and the summary every method gets; both agree on the same samples.")
     evaluate.add_argument("--lora", required=True, help="LoRA folder written by `editseg train rlfseg`")
     evaluate.add_argument("--model", default=None, help="base model (default: the one in the LoRA's rlfseg_config.json)")
     evaluate.add_argument("--source", default="shapes", help="shapes (benchmark), phrasecut, refcoco, refcoco+, refcocog, manifest")
     evaluate.add_argument("--data-root", default=None, help="dataset folder or manifest file")
     evaluate.add_argument("--split", default="val", help="split (default val; PhraseCut test, RefCOCO testA/testB, ...)")
     evaluate.add_argument("--n", type=int, default=200, help="samples, 0 = all (default 200)")
+    evaluate.add_argument("--tier", default="full", choices=("basic", "full"), help="shapes tier (default full)")
+    evaluate.add_argument("--world-seed", type=int, default=None, help="shapes world seed (default: the benchmark seed 314159)")
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--samplers", default="one-step,aos", help="comma-separated samplers (default one-step,aos)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
@@ -94,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..train.rlfseg.evaluate import score
 
     rows = [score(args.lora, args.source, args.n, sampler, data_root=args.data_root, split=args.split, device=args.device,
-                  model=args.model) for sampler in args.samplers.split(",")]
+                  model=args.model, tier=args.tier, world_seed=args.world_seed) for sampler in args.samplers.split(",")]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -23,9 +23,11 @@ __all__ = [
     "RECORDS_FORMAT",
     "EvaluationError",
     "SettingsMismatchError",
+    "INFORMATIONAL_SETTINGS",
     "check_resumable",
     "compare_settings",
     "flatten_settings",
+    "normalize_settings",
     "read_jsonl",
     "read_records",
     "safe_name",
@@ -33,6 +35,13 @@ __all__ = [
 ]
 
 RECORDS_FORMAT = "editseg-eval-records/1"
+
+LEGACY_METHOD = "early-grounding"
+"""The method of records files written before settings named one."""
+
+INFORMATIONAL_SETTINGS = ("lora_path",)
+"""Settings kept in a records header but not compared on resume or merge (where a file lies is not
+what it holds: RLFseg's LoRA is identified by ``config.lora_sha256``)."""
 
 
 class EvaluationError(EditsegError):
@@ -138,8 +147,22 @@ def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, An
     return flat
 
 
+def normalize_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with ``method`` filled in: files written before methods had names are early grounding's."""
+    return settings if "method" in settings else {**settings, "method": LEGACY_METHOD}
+
+
 def compare_settings(expected: dict[str, Any], found: dict[str, Any], where: str, ignore: Sequence[str] = ()) -> None:
-    """Raise :class:`SettingsMismatchError` naming every setting that differs (``ignore``: keys not compared)."""
+    """Raise :class:`SettingsMismatchError` naming every setting that differs (``ignore``: keys not
+    compared). A missing ``method`` is early grounding's (:func:`normalize_settings`); records of
+    another method are refused with a message that says so first."""
+    expected, found = normalize_settings(expected), normalize_settings(found)
+    if "method" not in ignore and expected["method"] != found["method"]:
+        raise SettingsMismatchError(
+            f"{where} holds records of the {found['method']!r} method (model {found.get('model', '?')!r}); this run is "
+            f"{expected['method']!r}. Records of different methods are never mixed: use another output folder "
+            "(--out) or records file for this method, or delete the old one to start over."
+        )
     expected, found = flatten_settings(expected), flatten_settings(found)
     keys = sorted((expected.keys() | found.keys()) - set(ignore))
     differing = [k for k in keys if expected.get(k) != found.get(k)]
@@ -158,5 +181,5 @@ def check_resumable(records_path: str | Path, partial_settings: dict[str, Any]) 
     if header is None:
         return
     wanted = flatten_settings(partial_settings)
-    found = {k: v for k, v in flatten_settings(header["settings"]).items() if k in wanted}
-    compare_settings(wanted, found, str(records_path))
+    found = {k: v for k, v in flatten_settings(normalize_settings(header["settings"])).items() if k in wanted}
+    compare_settings(wanted, found, str(records_path), ignore=INFORMATIONAL_SETTINGS)

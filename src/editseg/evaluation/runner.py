@@ -62,12 +62,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import MethodConfig
+from ..methods.registry import DEFAULT_METHOD
 from ..data.base import ReferringSample, group_by_image, parse_shard, shard
 from ..masks import encode_rle, save_mask_png
 from .failures import INVALID_POLICIES, evaluate_or_record, failed_record, refusal_message
 from .metrics import argmax_in_mask, intersection_union, iou_from_counts
 from .summary import SUMMARY_FORMAT, markdown_table, summarize, write_summary
 from .records import (
+    INFORMATIONAL_SETTINGS,
     RECORDS_FORMAT,
     EvaluationError,
     SettingsMismatchError,
@@ -182,14 +184,14 @@ def run_settings(
     config: MethodConfig | None = None,
     shard_spec: str | tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The settings a records file is tied to: model, method settings, input size, data, shard."""
+    """The settings a records file is tied to: model, method and its settings (:meth:`Method.settings
+    <editseg.methods.base.Method.settings>`), input size, data, shard. Files written before methods
+    had names lack ``method``; they count as early grounding (:func:`~.records.normalize_settings`)."""
     if not is_early_grounding(segmenter):
         method = segmenter.method
-        method_config = getattr(method, "config", None)
         return {
-            "model": getattr(method, "model_name", "") or getattr(getattr(method, "backbone", None), "name", ""),
+            **method.settings(),
             "method": method.name,
-            "config": method_config.to_dict() if hasattr(method_config, "to_dict") else {},
             "max_side": segmenter.max_side,
             **dataset_info(dataset),
             "shard": shard_label(shard_spec),
@@ -197,6 +199,7 @@ def run_settings(
     backbone = segmenter.backbone
     return {
         "model": backbone.name,
+        "method": DEFAULT_METHOD,
         "config": (config or segmenter.config).resolved(backbone).to_dict(),
         "max_side": segmenter.max_side,
         **dataset_info(dataset),
@@ -243,7 +246,7 @@ def sample_record(
 ) -> dict[str, Any]:
     """One line of a records file.
 
-    Keys: ``id``, ``image_id``, ``expression`` (as annotated), ``instruction`` (what the model read),
+    Keys: ``id``, ``method`` (the result's), ``image_id``, ``expression`` (as annotated), ``instruction`` (what the model read),
     ``iou``, ``intersection``, ``union`` (pixels at the original resolution), ``point_hit`` (RAM argmax
     inside the ground truth), ``pred_area``, ``gt_area``, ``size`` ([width, height]) and ``timings``
     (seconds; the model's are per image / per batch, see ``SegmentationResult.timings``).
@@ -256,6 +259,7 @@ def sample_record(
     intersection, union = intersection_union(result.mask, gt)
     return {
         "id": sample.sample_id,
+        "method": result.method,
         "image_id": sample.image_id,
         "expression": sample.expression,
         "instruction": result.instruction,
@@ -319,7 +323,7 @@ def evaluate(
     records_path.parent.mkdir(parents=True, exist_ok=True)
     header, records = read_records(records_path, repair=True)
     if header is not None:
-        compare_settings(settings, header["settings"], str(records_path))
+        compare_settings(settings, header["settings"], str(records_path), ignore=INFORMATIONAL_SETTINGS)
     done = {r["id"] for r in records}
     todo = [s for s in selection if s.sample_id not in done]
     problems = segmenter.expression_problems([s.expression for s in todo], config) if todo else {}
@@ -447,7 +451,8 @@ def merge_records(
         if settings is None:
             settings, first = header["settings"], str(path)
         else:
-            compare_settings(settings, header["settings"], f"{path} (compared with {first})", ignore=("shard",))
+            compare_settings(settings, header["settings"], f"{path} (compared with {first})",
+                             ignore=("shard", *INFORMATIONAL_SETTINGS))
         shards.append(header["settings"].get("shard"))
         for record in found:
             if record["id"] in owners:

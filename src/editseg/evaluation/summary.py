@@ -78,7 +78,9 @@ def _label(summary: dict[str, Any]) -> str:
     mode = settings.get("config", {}).get("mode", "full")
     method = _method(summary)
     prefix = "editseg" if method == "early-grounding" else f"editseg {method}"
-    return f"{prefix}: {settings.get('model', '?')}" + ("" if mode == "full" else f" ({mode})")
+    sampler = settings.get("config", {}).get("sampler")  # RLFseg: aos / one-step / ... are separate rows
+    variant = mode if mode != "full" else sampler
+    return f"{prefix}: {settings.get('model', '?')}" + ("" if not variant else f" ({variant})")
 
 
 def markdown_table(

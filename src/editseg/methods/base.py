@@ -48,6 +48,15 @@ class Method(ABC):
                 problems[expression] = str(error)
         return problems
 
+    def settings(self) -> dict[str, Any]:
+        """What an evaluation records file of this method is tied to (besides data and input size):
+        ``{"model": name, "config": {...}}``, JSON-ready. Runs resume into one records file only when
+        these agree. The default reads ``model_name`` (or the backbone's name) and ``config.to_dict()``;
+        a method with other options (RLFseg: sampler, LoRA fingerprint) overrides it."""
+        config = getattr(self, "config", None)
+        model = getattr(self, "model_name", "") or getattr(getattr(self, "backbone", None), "name", "")
+        return {"model": model, "config": config.to_dict() if hasattr(config, "to_dict") else {}}
+
     @classmethod
     @abstractmethod
     def from_pretrained(

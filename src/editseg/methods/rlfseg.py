@@ -17,6 +17,7 @@ probability in ``maps["probability"]`` (input resolution) and ``token_maps["prob
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -29,13 +30,51 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelNotFoundError
 from .rlfseg_flow import SAMPLERS, sample
-from .rlfseg_models import LORA_CONFIG, FlowBackbone, image_to_pixels, is_sd15, load_flow_backbone, pixels_to_probability
+from .rlfseg_models import LORA_CONFIG, LORA_WEIGHTS, FlowBackbone, image_to_pixels, is_sd15, load_flow_backbone, pixels_to_probability
 
 from ..results import SegmentationResult
 from .base import Method, memory_guard
 
 DEFAULT_MODEL = "toy-shapes"
 TOY_LORA_DIR = Path(__file__).resolve().parent.parent / "assets" / "rlfseg-toy-shapes"
+
+
+def train_command(model: str) -> str:
+    """The command that trains an RLFseg LoRA for ``model`` (shapes world for toy-shapes, PhraseCut otherwise)."""
+    if model == DEFAULT_MODEL:
+        return (f"editseg train rlfseg --model {model} --source shapes --out runs/rlfseg-toy --minutes 45 "
+                "--batch-size 8 --lr 1e-3")
+    return f"editseg train rlfseg --model {model} --source phrasecut --data-root data/VGPhraseCut_v0 --out runs/rlfseg"
+
+
+def resolve_lora(model: str | None, lora: str | Path | None) -> Path:
+    """The LoRA folder (or weights file) to load: ``lora`` as given, else the one shipped for the
+    default model (:data:`TOY_LORA_DIR`). Without one, a :class:`~editseg.errors.ModelNotFoundError`
+    says how to train one and to pass ``--lora``."""
+    if lora is not None:
+        return Path(lora).expanduser()
+    name = model or DEFAULT_MODEL
+    if name == DEFAULT_MODEL and (TOY_LORA_DIR / LORA_CONFIG).is_file():
+        return TOY_LORA_DIR
+    where = f" ({TOY_LORA_DIR} is missing from this installation)" if name == DEFAULT_MODEL else ""
+    raise ModelNotFoundError(
+        f"No shipped RLFseg LoRA for model {name!r}{where}; train one with:\n  {train_command(name)}\n"
+        "or pass --lora PATH (lora=PATH in Python): the lora/ folder a training run writes."
+    )
+
+
+def lora_fingerprint(folder: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the LoRA weights file: which LoRA a run used, wherever
+    its folder lies (the shipped one sits in site-packages)."""
+    path = Path(folder)
+    weights = path / LORA_WEIGHTS if path.is_dir() else path
+    if not weights.is_file():
+        raise ModelNotFoundError(f"{path} holds no {LORA_WEIGHTS}: pass the lora/ folder written by `editseg train rlfseg`.")
+    digest = hashlib.sha256()
+    with weights.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def predict_probability(flow: FlowBackbone, pixels: torch.Tensor, expressions: Sequence[str], *, sampler: str = "aos",
@@ -72,6 +111,7 @@ class RLFseg(Method):
         self._image: Image.Image | None = None
         self._pixels: torch.Tensor | None = None
         self._z_black: torch.Tensor | None = None
+        self._fingerprint: str | None = None
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, device=None, dtype=None, offload: str = "none",
@@ -79,21 +119,12 @@ class RLFseg(Method):
         """Load the base model named in the LoRA's ``rlfseg_config.json`` (or ``model``) and the LoRA.
 
         Without ``lora``, the default model (toy-shapes) uses the LoRA shipped in the package."""
-        if lora is None:
-            if model not in (None, DEFAULT_MODEL):
-                raise ConfigError("RLFseg needs a trained LoRA: pass lora=PATH (--lora PATH), the folder written by "
-                                  "`editseg train rlfseg`. Only the default toy-shapes model has one built in.")
-            if not (TOY_LORA_DIR / LORA_CONFIG).is_file():
-                raise ModelNotFoundError(f"The toy-shapes RLFseg LoRA is not shipped in this version ({TOY_LORA_DIR} "
-                                         "is missing): train one with `editseg train rlfseg --model toy-shapes --source shapes` "
-                                         "and pass --lora.")
-            lora = str(TOY_LORA_DIR)
-        folder = Path(lora).expanduser()
+        folder = resolve_lora(model, lora)
         config_path = (folder if folder.is_dir() else folder.parent) / LORA_CONFIG
         saved = json.loads(config_path.read_text()) if config_path.is_file() else {}
         base = model or saved.get("model")
         if base is None:
-            raise ConfigError(f"{lora} has no {LORA_CONFIG} naming its base model: pass the model (--model).")
+            raise ConfigError(f"{folder} has no {LORA_CONFIG} naming its base model: pass the model (--model).")
         extra = {} if is_sd15(base) else {"reference": saved.get("reference", True), "prompt_template": saved.get("prompt_template")}
         flow = load_flow_backbone(base, device=device, dtype=dtype, resolution=saved.get("resolution"), **extra)
         if saved.get("prompt_template"):
@@ -105,6 +136,15 @@ class RLFseg(Method):
         if unknown:
             raise ConfigError(f"Unknown RLFseg options: {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
         return cls(flow, lora=str(folder), **options)
+
+    def settings(self) -> dict:
+        """Model and options an evaluation is tied to: sampler, its parameters, the LoRA's fingerprint
+        (``lora_sha256``) and, informational only (not compared on resume), its path (``lora_path``)."""
+        if self._fingerprint is None and self.lora is not None:
+            self._fingerprint = lora_fingerprint(self.lora)
+        config = {"sampler": self.sampler, "epsilon": self.epsilon, "steps": self.steps, "threshold": self.threshold,
+                  "resolution": self.flow.resolution, "lora_sha256": self._fingerprint}
+        return {"model": self.flow.name, "config": config, "lora_path": self.lora}
 
     def set_image(self, image: Image.Image) -> None:
         self._image = image.convert("RGB")
