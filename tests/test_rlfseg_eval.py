@@ -61,7 +61,7 @@ def test_eval_rlfseg_matches_an_independent_computation_and_records_its_settings
     assert summary["num_samples"] == 4
     assert summary["metrics"]["mIoU"] == pytest.approx(100 * np.mean(ious))
     assert summary["metrics"]["oIoU"] == pytest.approx(100 * oiou)
-    assert summary["metrics"]["Pr@0.5"] == pytest.approx(100 * np.mean([v > 0.5 for v in ious]))
+    assert summary["metrics"]["Pr@0.5"] == pytest.approx(100 * np.mean([v >= 0.5 for v in ious]))  # IoU >= t
     lines = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     header, records = lines[0], lines[1:]
     assert header["format"] == RECORDS_FORMAT
