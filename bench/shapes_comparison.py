@@ -56,8 +56,11 @@ def main() -> int:
 
     from editseg.cli.main import main as editseg
 
-    wanted = args.rows.split(",")
-    rows = [r for r in SHAPES_ROWS if r.key in wanted]
+    by_key = {r.key: r for r in SHAPES_ROWS}
+    unknown = [k for k in args.rows.split(",") if k not in by_key]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join(by_key)}")
+    rows = [by_key[k] for k in args.rows.split(",")]  # evaluated and shown in this order
     for row in rows:
         for tier in TIERS:
             argv = eval_argv(row, tier, args.out, args.limit, args.world_seed)
