@@ -33,22 +33,24 @@ def test_cells_are_the_summaries_metrics_and_weights_rows_show_commands(tmp_path
     ceilings = {"basic": [("ceiling (a)", 0.902), ("ceiling (b)", 0.883)], "full": [("ceiling (a)", 0.9), ("ceiling (b)", 0.88)]}
     text = comparison_table(rows, summaries, ceilings, n=2, world_seed=5, out_root="runs/x", chance={"basic": 0.076, "full": 0.079})
     lines = text.splitlines()
-    assert lines[0].startswith("| method | basic mIoU | basic oIoU | basic Pr@0.5 | basic PA | full mIoU")
+    assert lines[0].startswith("| method | basic n | basic mIoU | basic oIoU | basic Pr@0.5 | basic PA | full n | full mIoU")
     cells = {line.split(" | ")[0][2:]: [c.strip(" |") for c in line.split(" | ")[1:]] for line in lines if line.startswith("| ")}
-    assert cells["early-grounding"] == ["62.5", "66.7", "100.0", "50.0", "50.0", "50.0", "50.0", "0.0"]
-    assert cells["rlfseg aos"][:4] == ["62.5", "50.0", "50.0", "100.0"] and cells["rlfseg aos"][4:] == ["not run"] * 4
-    assert cells["refam"][0] == "needs weights"
-    assert cells["ceiling (a)"] == ["90.2", "–", "–", "–", "90.0", "–", "–", "–"]
+    assert cells["early-grounding"] == ["2", "62.5", "66.7", "100.0", "50.0", "2", "50.0", "50.0", "50.0", "0.0"]
+    assert cells["rlfseg aos"][:5] == ["2", "62.5", "50.0", "50.0", "100.0"] and cells["rlfseg aos"][6:] == ["not run"] * 4
+    assert cells["refam"][:2] == ["–", "needs weights"]
+    assert cells["ceiling (a)"] == ["2", "90.2", "–", "–", "–", "2", "90.0", "–", "–", "–"]
     assert ("`editseg eval --dataset shapes --tier basic --world-seed 5 --limit 2 --method refam --out runs/x/refam-basic`"
             in text)
     assert "LoRA sha256 abc, sampler aos" in text and "7.6 basic, 7.9 full" in text
 
 
-def test_a_summary_of_other_samples_is_refused():
+def test_partial_runs_are_listed_and_other_data_refused():
     rows = [ShapesRow("eg", "early-grounding", ())]
     summary = _summary("basic", [(1, 2)], [True])
-    with pytest.raises(EvaluationError, match="expected 3 on shapes basic"):
-        comparison_table(rows, {("eg", "basic"): summary}, {}, n=3, world_seed=5)
+    text = comparison_table(rows, {("eg", "basic"): summary}, {}, n=3, world_seed=5)
+    assert "rerun with --limit 3 to complete them: eg basic: 1." in text
+    with pytest.raises(EvaluationError, match="expected at most 3 on shapes full"):
+        comparison_table(rows, {("eg", "full"): summary}, {}, n=3, world_seed=5)  # a basic-tier summary in the full slot
 
 
 def test_eval_argv_parses_as_an_eval_command():
