@@ -41,7 +41,7 @@ def test_cells_are_the_summaries_metrics_and_weights_rows_show_commands(tmp_path
     assert cells["ceiling (a)"] == ["2", "90.2", "–", "–", "–", "2", "90.0", "–", "–", "–"]
     assert ("`editseg eval --dataset shapes --tier basic --world-seed 5 --limit 2 --method refam --out runs/x/refam-basic`"
             in text)
-    assert "LoRA sha256 abc, sampler aos" in text and "7.6 basic, 7.9 full" in text
+    assert text.count("rlfseg rows: LoRA sha256 abc on toy-shapes") == 1 and "7.6 basic, 7.9 full" in text
 
 
 def test_partial_runs_are_listed_and_other_data_refused():

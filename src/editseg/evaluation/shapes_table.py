@@ -112,8 +112,8 @@ def comparison_table(
             settings = summary.get("settings", {})
             config = settings.get("config", {})
             if settings.get("method") == "rlfseg":
-                notes.append(f"{row.label}, {tier}: LoRA sha256 {config.get('lora_sha256')}, sampler {config.get('sampler')}, "
-                             f"ε {config.get('epsilon')}, model {settings.get('model')}.")
+                notes.append(f"rlfseg rows: LoRA sha256 {config.get('lora_sha256')} on {settings.get('model')}, "
+                             f"AOS ε {config.get('epsilon')}, mask = decoded probability > {config.get('threshold')}.")
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     for label in dict.fromkeys(label for tier in TIERS for label, _ in ceilings.get(tier, ())):
         values = {tier: dict(ceilings.get(tier, ())).get(label) for tier in TIERS}
@@ -132,5 +132,5 @@ def comparison_table(
         text += (f" Rows with n < {n} are the first n samples of the same list (the time this machine allowed); "
                  f"rerun with --limit {n} to complete them: " + "; ".join(partial) + ".")
     if notes:
-        text += "\n\n" + "\n".join(f"- {note}" for note in notes)
+        text += "\n\n" + "\n".join(f"- {note}" for note in dict.fromkeys(notes))
     return text
