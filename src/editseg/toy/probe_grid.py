@@ -23,7 +23,8 @@ Ambiguities of the paper, as switches (defaults first):
 - ``normalize`` — L2-normalise features before J (the paper does: "All feature vectors are
   ℓ2-normalized"); ``False`` gives the raw-feature J.
 - ``fsl_attention`` — Fig. 4 varies the FSL timestep t': ``"method"`` keeps the region proposal
-  (RAM) at the method's timestep index 0 and reads only the features at t'; ``"same"`` takes RAM
+  (RAM) at the first probed timestep (index 0, the method's, unless ``timesteps`` leave it out)
+  and reads only the features at t'; ``"same"`` takes RAM
   and features from the same probe at t'.
 """
 
