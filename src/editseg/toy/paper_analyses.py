@@ -162,7 +162,7 @@ def analyse_tier(
         return out
     grid = probe_grid(segmenter, sweep, grid_rows(backbone.num_blocks),
                       range(num_steps) if timesteps is None else timesteps, num_steps, **grid_options)
-    out["sweep"] = {"n": len(sweep), **reference_rows(sweep, backbone.patch),
+    out["sweep"] = {"n": len(sweep), "double_blocks": backbone.num_double_blocks, **reference_rows(sweep, backbone.patch),
                     **grid_tables(grid, backbone.default_feature_block),
                     "prompt_tokens": prompt_set_rows(segmenter, sweep)}
     return out

@@ -40,6 +40,12 @@ def _references(ax, data: dict, metric: str) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
+def _block_names(data: dict, blocks) -> list[str]:
+    """Tick labels: block index and stream (D = double-stream, S = single-stream)."""
+    double = data.get("double_blocks")
+    return [f"{b}" if double is None else f"{b} ({'D' if b < double else 'S'})" for b in blocks]
+
+
 def _value(x) -> float:
     return float("nan") if x is None else float(x)
 
@@ -108,7 +114,8 @@ def separability_box(sweep: dict, ax, title: str) -> None:
     chance = [np.nanmedian(shuffled[:, :, b]) for b in blocks]
     ax.plot(np.arange(len(blocks)), chance, color="0.3", linestyle=":", marker="x",
             label="chance: labels shuffled (median)")
-    ax.set_xticks(np.arange(len(blocks)), [f"block {b}" for b in blocks])
+    ax.set_xticks(np.arange(len(blocks)), _block_names(sweep, blocks))
+    ax.set_xlabel("block (D double-stream, S single-stream)")
     ax.set_ylabel(f"J(t, l), {sweep['settings'].get('site', 'attn')} features")
     ax.set_yscale("log")
     ax.grid(axis="y", alpha=0.3)
@@ -121,13 +128,14 @@ def fig4(sweep: dict, ax_pair, title: str) -> None:
     line.plot([r["block"] for r in rows], [r["mIoU"] for r in rows], marker="o", color="tab:purple", label="mIoU")
     line.plot([r["block"] for r in rows], [r["oIoU"] for r in rows], marker="s", color="tab:pink", label="oIoU")
     _references(line, sweep, "mIoU")
-    line.set_xlabel("FSL feature block (step 0)")
+    line.set_xticks([r["block"] for r in rows], _block_names(sweep, [r["block"] for r in rows]))
+    line.set_xlabel("FSL feature block (step 0; D double-, S single-stream)")
     line.set_title("Fig. 4: FSL feature block", fontsize=9)
     grid = np.asarray(sweep["feature_heatmap"]["mIoU"], dtype=float)
     image = heat.imshow(grid, vmin=0, vmax=1, cmap="magma", aspect="auto")
     for (i, j), v in np.ndenumerate(grid):
         heat.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
-    heat.set_xticks(range(grid.shape[1]), sweep["feature_heatmap"]["blocks"])
+    heat.set_xticks(range(grid.shape[1]), _block_names(sweep, sweep["feature_heatmap"]["blocks"]))
     heat.set_yticks(range(grid.shape[0]), sweep["feature_heatmap"]["timesteps"])
     heat.set_xlabel("feature block l'")
     heat.set_ylabel("feature step t'")
@@ -166,11 +174,12 @@ def attention_mass(sweep: dict, ax_pair, title: str) -> None:
     mass.bar(x + 0.2, [r["background"] for r in rows], 0.4, label="background tokens", color="tab:gray")
     for i, r in enumerate(rows):
         mass.text(i, max(r["target"], r["background"]), f"x{r['contrast']:.1f}", ha="center", va="bottom", fontsize=8)
-    mass.set_xticks(x, [f"block {b}" for b in blocks])
+    mass.set_xticks(x, _block_names(sweep, blocks))
+    mass.set_xlabel("block (D double-stream, S single-stream)")
     mass.set_ylabel("mean image->prompt attention c_l per token")
     mass.set_title("per-block attention mass at step 0 (target/background ratio on top)", fontsize=9)
     mass.grid(axis="y", alpha=0.3)
-    _bars(pa, [f"block {b}" for b in blocks], {"RAM PA": [r["ram_pa"] for r in rows],
+    _bars(pa, _block_names(sweep, blocks), {"RAM PA": [r["ram_pa"] for r in rows],
                                               "CAM PA": [r["cam_pa"] for r in rows]}, sweep, "pa")
     pa.set_title("that block alone: point accuracy", fontsize=9)
 
@@ -186,7 +195,7 @@ _DRAW: dict[str, tuple[str, int, Callable]] = {  # name -> (data part, panels, d
 }
 
 
-def write_figures(tier: dict, out_dir: str | Path, prefix: str = "", caption: str = "") -> dict[str, Path]:
+def write_figures(tier: dict, out_dir: str | Path, prefix: str = "", caption: str = "", dpi: int = 110) -> dict[str, Path]:
     """Write each figure of one tier's result as ``{prefix}{name}.png``; returns name → path.
     Figures of the sweeps are skipped when the result has none."""
     plt = _pyplot()
@@ -207,7 +216,7 @@ def write_figures(tier: dict, out_dir: str | Path, prefix: str = "", caption: st
         fig.suptitle(f"{caption} (n = {data['n']})", fontsize=10)
         fig.tight_layout()
         path = out_dir / f"{prefix}{name}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=dpi)
         plt.close(fig)
         paths[name] = path
     return paths

@@ -67,6 +67,13 @@ def orderings(tier: dict) -> list[str]:
     out.append("- Where the grounding lives (target/background ratio of the mean image→prompt attention c_l at step 0, "
                "per block): " + ", ".join(f"block {r['block']} ×{r['contrast']:.2f}" for r in mass)
                + f"; the strongest is block {strongest['block']}.")
+    double = sweep.get("double_blocks")
+    if double is not None and 0 < double < len(mass):
+        mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+        shallow_rows, deep_rows = mass[:double], mass[double:]
+        out.append(f"  Mean c_l on target tokens: double-stream blocks {mean(shallow_rows, 'target'):.4f} "
+                   f"(background {mean(shallow_rows, 'background'):.4f}), single-stream blocks "
+                   f"{mean(deep_rows, 'target'):.4f} (background {mean(deep_rows, 'background'):.4f}).")
     return out
 
 
@@ -127,8 +134,10 @@ def _mass_table(tier_name: str, sweep: dict) -> str:
     lines = [f"\n#### {tier_name} tier, n = {sweep['n']}: per-block attention mass at step 0\n",
              "Mean image→prompt attention c_l (eq. 3 before the block sum) per clean token.\n",
              "| block | on target | on background | ratio | that block alone: RAM PA | CAM PA |", "|---|---|---|---|---|---|"]
+    double = sweep.get("double_blocks")
     for r in sweep["attention_mass"]:
-        lines.append(f"| {r['block']} | {r['target']:.4f} | {r['background']:.4f} | {r['contrast']:.2f} | "
+        stream = "" if double is None else (" (double)" if r["block"] < double else " (single)")
+        lines.append(f"| {r['block']}{stream} | {r['target']:.4f} | {r['background']:.4f} | {r['contrast']:.2f} | "
                      f"{fmt(r['ram_pa'])} | {fmt(r['cam_pa'])} |")
     lines.append(f"| chance | | | 1.00 | {fmt(sweep['chance_pa'])} | {fmt(sweep['chance_pa'])} |")
     return "\n".join(lines)
