@@ -109,23 +109,36 @@ def test_grid_mask_rules(toy, samples):
         grid_mask(mask, geometry, "bilinear")
 
 
-def test_figures_and_report_are_written(toy, samples, tmp_path):
-    from editseg.toy.paper_figures import FIGURES, write_figures
+@pytest.fixture(scope="module")
+def tier(toy, samples):
+    return analyse_tier(toy, samples, num_steps=2)
+
+
+def test_tier_tables_and_report(tier, toy, tmp_path):
+    from editseg.toy.paper_figures import FIGURES
     from editseg.toy.paper_report import report_markdown
 
-    tier = analyse_tier(toy, samples, num_steps=2)
     sweep = tier["sweep"]
     assert [r["timestep"] for r in sweep["timestep_rows"]][::7] == [0, 1]
     assert len(sweep["tau"]) == 9 and len(sweep["prompt_tokens"]) == 4
     assert len(sweep["attention_mass"]) == toy.backbone.num_blocks
+    rows = {r["label"]: r for r in tier["headline"]["rows"]}
+    # Table 2's rows and the grid's step-0 rows read the same forward: equal numbers
+    assert rows["RAM only (map > 0.5)"]["mIoU"] == pytest.approx(
+        next(r for r in sweep["timestep_rows"] if r["label"] == "step 0: RAM, all blocks")["mIoU"])
+    paths = {name: tmp_path / "figs" / f"basic-{name}.png" for name in FIGURES}
+    result = {"model": "toy-test", "generator_version": "x", "world_seed": 11, "architecture": "1 + 1", "tiers": {"basic": tier}}
+    text = report_markdown(result, {"basic": paths}, tmp_path / "report.md", command="python bench/toy_paper_analyses.py --n 2")
+    for name in FIGURES:
+        assert f"(figs/basic-{name}.png)" in text
+    assert "J(t, l)" in text and "ceiling (a)" in text and "chance" in text and "Table 2" in text
+
+
+def test_every_figure_is_written(tier, tmp_path):
+    from editseg.toy.paper_figures import FIGURES, write_figures
+
     paths = write_figures(tier, tmp_path / "figs", prefix="basic-", caption="tiny", dpi=40)
     assert sorted(paths) == sorted(FIGURES)
     for path in paths.values():
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 150 and image.height > 100
-    markdown = tmp_path / "report.md"
-    result = {"model": "toy-test", "generator_version": "x", "world_seed": 11, "architecture": "1 + 1", "tiers": {"basic": tier}}
-    text = report_markdown(result, {"basic": paths}, markdown, command="python bench/toy_paper_analyses.py --n 2")
-    for name in FIGURES:
-        assert f"(figs/basic-{name}.png)" in text
-    assert "J(t, l)" in text and "ceiling (a)" in text and "chance" in text
