@@ -11,6 +11,8 @@ docs/benchmarks.md.
     python bench/cold_start.py --runs 5
     python bench/cold_start.py --runs 1 --importtime --only segment
 
+``(peft not installed)`` runs the same call with ``sys.modules["peft"] = None`` set first, which
+is what diffusers and transformers see in a venv without peft (the ``[train]``/``[dev]`` extras).
 The segment call runs on a 64x64 shapes scene written by ``editseg shapes`` (default model
 toy-shapes, CPU, ``OMP_NUM_THREADS=1``).
 """
@@ -32,6 +34,7 @@ HEAVY = ("torch", "diffusers", "transformers", "peft", "torch._dynamo", "acceler
 # Runs the CLI in-process, then reports which heavy modules were imported (stderr, last line).
 CLI = (
     "import sys, atexit\n"
+    "for name in {hidden!r}: sys.modules[name] = None  # as if not installed: find_spec() is None, import fails\n"
     "atexit.register(lambda: print('MODULES ' + ','.join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr))\n"
     "from editseg.cli.main import main\n"
     "sys.argv[0] = 'editseg'\n"
@@ -42,7 +45,8 @@ CLI = (
 
 def commands(scene: Path, out: Path) -> dict[str, list[str]]:
     """Name → argv after ``python``."""
-    cli = ["-c", CLI.format(heavy=HEAVY)]
+    cli = ["-c", CLI.format(heavy=HEAVY, hidden=())]
+    without_peft = ["-c", CLI.format(heavy=HEAVY, hidden=("peft",))]
     return {
         "python -c pass": ["-c", "pass"],
         "python -c 'import torch'": ["-c", "import torch"],
@@ -51,6 +55,9 @@ def commands(scene: Path, out: Path) -> dict[str, list[str]]:
         "editseg models": cli + ["models"],
         "editseg segment (bad path)": cli + ["segment", str(scene.parent / "missing.png"), "the red circle", "--out", str(out)],
         "editseg segment": cli + ["segment", str(scene), "the red circle", "--out", str(out)],
+        # a user venv without the [train]/[dev] extras: diffusers then skips `import peft` (and the
+        # transformers top-level import peft makes early)
+        "editseg segment (peft not installed)": without_peft + ["segment", str(scene), "the red circle", "--out", str(out)],
     }
 
 
