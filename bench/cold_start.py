@@ -35,7 +35,7 @@ HEAVY = ("torch", "diffusers", "transformers", "peft", "torch._dynamo", "acceler
 CLI = (
     "import sys, atexit\n"
     "for name in {hidden!r}: sys.modules[name] = None  # as if not installed: find_spec() is None, import fails\n"
-    "atexit.register(lambda: print('MODULES ' + ','.join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr))\n"
+    "atexit.register(lambda: print('MODULES ' + ','.join(m for m in {heavy!r} if sys.modules.get(m) is not None), file=sys.stderr))\n"
     "from editseg.cli.main import main\n"
     "sys.argv[0] = 'editseg'\n"
     "code = main(sys.argv[1:])\n"
