@@ -270,6 +270,9 @@ def statistics_from_lse(
 PROPAGATION_CHUNK = 1 << 18
 """Score elements per step of the log-sum-exp route on CPU (1 MiB of float32: stays in cache);
 accelerators take 64× that per step, all heads at once."""
+PER_HEAD_DEVICES = ("cpu",)
+"""Device types where the log-sum-exp route walks head by head (cache-sized 2-D products and
+matrix-vector products); elsewhere all heads of a batch element go in one batched product."""
 
 
 class _Rows:
@@ -315,7 +318,7 @@ def _weighted_masses(rows: _Rows, keys: _KeyColumns, weights, mask=None, with_ma
     batch, heads, count = rows.batch, rows.heads, rows.count
     weighted = weights.new_empty((batch, heads, count))
     mass = weights.new_empty((batch, heads, count)) if with_mass else None
-    cpu = rows.query.device.type == "cpu"
+    cpu = rows.query.device.type in PER_HEAD_DEVICES
     groups = [(b, h) for b in range(batch) for h in range(heads)] if cpu else [(b, slice(None)) for b in range(batch)]
     for b, h in groups:
         queries, key_cols, x = rows.get(b, h), keys.get(b, h), weights[b].contiguous()
