@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from editseg.probing import recorder
 from editseg.probing.recorder import TokenLayout, attention_with_lse, statistics_from_lse
 
 
@@ -43,7 +44,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="512")
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--heads", type=int, default=24)
+    parser.add_argument("--rows", type=int, default=0, help="override recorder.PROPAGATION_ROWS (query rows per block on CPU)")
     args = parser.parse_args()
+    if args.rows:
+        recorder.PROPAGATION_ROWS = args.rows
     for side in (int(s) for s in args.sizes.split(",")):
         torch.manual_seed(0)
         grid = side // 16

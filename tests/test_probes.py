@@ -165,7 +165,8 @@ def test_lse_route_in_row_blocks_equals_naive(monkeypatch, per_head):
     all-heads-at-once grouping (used on accelerators) give the literal eqs. 3-4, key mask included."""
     import editseg.probing.recorder as probes
 
-    monkeypatch.setattr(probes, "PROPAGATION_CHUNK", 24 if per_head else 2)  # blocks of 3, 3, 2 / 5, 3 clean rows
+    monkeypatch.setattr(probes, "PROPAGATION_ROWS", 3)  # per head: blocks of 3, 3, 2 clean rows
+    monkeypatch.setattr(probes, "PROPAGATION_CHUNK", 5 * 3 * 8)  # all heads: blocks of 5, 3 rows
     monkeypatch.setattr(probes, "PER_HEAD_DEVICES", ("cpu",) if per_head else ())
     g = torch.Generator().manual_seed(1)
     layout = TokenLayout(text_len=5, noisy_len=3, clean_len=8, grid=(2, 4))

@@ -245,7 +245,7 @@ def statistics_from_lse(
     ``−L`` rides in the score product as one extra channel (``[q·scale, −L]·[k, 1]``), so each block
     is one matrix product, one in-place ``exp`` and two matrix-vector products: no (B, S, H, D)
     copy, no value tensor padded to the head width (a flash kernel would need 128 value channels to
-    carry the one vector ``c̄``) and at most ``PROPAGATION_CHUNK`` scores alive."""
+    carry the one vector ``c̄``) and one block of scores alive (``PROPAGATION_ROWS`` × Nv on CPU)."""
     weights = prompt_mask.to(query.device, probe_dtype)
     if bool((weights < 0).any()):
         raise ValueError("the log-sum-exp probe route needs non-negative prompt weights")
@@ -267,9 +267,12 @@ def statistics_from_lse(
     return prompt_mass, propagated / degree.clamp_min(torch.finfo(probe_dtype).tiny)
 
 
-PROPAGATION_CHUNK = 1 << 18
-"""Score elements per step of the log-sum-exp route on CPU (1 MiB of float32: stays in cache);
-accelerators take 64× that per step, all heads at once."""
+PROPAGATION_ROWS = 256
+"""Query rows per block of the log-sum-exp route on CPU (head by head): 256 × Nv scores, 1 MiB at
+512², 4 MiB at 1024². Measured (bench/probe_step2.py): fewer rows per product (64 at 1024²) made
+MKL's product 1.7× slower; a whole head per product (1024 rows at 512²) was ~15 % slower."""
+PROPAGATION_CHUNK = 1 << 24
+"""Score elements per block on accelerators (all heads of a batch element at once; 64 MiB float32)."""
 PER_HEAD_DEVICES = ("cpu",)
 """Device types where the log-sum-exp route walks head by head (cache-sized 2-D products and
 matrix-vector products); elsewhere all heads of a batch element go in one batched product."""
@@ -322,8 +325,7 @@ def _weighted_masses(rows: _Rows, keys: _KeyColumns, weights, mask=None, with_ma
     groups = [(b, h) for b in range(batch) for h in range(heads)] if cpu else [(b, slice(None)) for b in range(batch)]
     for b, h in groups:
         queries, key_cols, x = rows.get(b, h), keys.get(b, h), weights[b].contiguous()
-        span = key_cols.shape[-1] * (1 if cpu else heads)
-        step = max(1, (PROPAGATION_CHUNK if cpu else PROPAGATION_CHUNK << 6) // span)
+        step = PROPAGATION_ROWS if cpu else max(1, PROPAGATION_CHUNK // (heads * key_cols.shape[-1]))
         group_mask = None if mask is None else torch.broadcast_to(mask, (batch, heads, count, mask.shape[-1]))[b, h]
         for start in range(0, count, step):
             part = slice(start, start + step)
