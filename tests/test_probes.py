@@ -157,3 +157,29 @@ def test_lse_route_is_taken_on_cpu_and_equals_naive_with_weights_and_key_mask(ti
     with pytest.raises(ValueError, match="non-negative"):
         probes.statistics_from_lse(q, k, lse, layout, -weights, keep)
 
+
+
+@pytest.mark.parametrize("per_head", [True, False])
+def test_lse_route_in_row_blocks_equals_naive(monkeypatch, per_head):
+    """The log-sum-exp route's row blocks (a few rows per step, a ragged last block) and its
+    all-heads-at-once grouping (used on accelerators) give the literal eqs. 3-4, key mask included."""
+    import editseg.probing.recorder as probes
+
+    monkeypatch.setattr(probes, "PROPAGATION_ROWS", 3)  # per head: blocks of 3, 3, 2 clean rows
+    monkeypatch.setattr(probes, "PROPAGATION_CHUNK", 5 * 3 * 8)  # all heads: blocks of 5, 3 rows
+    monkeypatch.setattr(probes, "PER_HEAD_DEVICES", ("cpu",) if per_head else ())
+    g = torch.Generator().manual_seed(1)
+    layout = TokenLayout(text_len=5, noisy_len=3, clean_len=8, grid=(2, 4))
+    q, k = (torch.randn(2, layout.total_len, 3, 8, generator=g) for _ in range(2))
+    weights = torch.tensor([[0, 1.0, 1.0, 0, 0], [0.25, 0, 0, 3.0, 0]])
+    keep = torch.ones(2, 3, layout.total_len, layout.total_len, dtype=torch.bool)
+    keep[0, 1, :, layout.text_len + layout.noisy_len + 2] = False  # one clean key hidden from one head
+    _, lse = probes.native_attend_lse(q, k, k, keep)
+    cam, ram = probes.statistics_from_lse(q, k, lse, layout, weights, keep)
+    A = full_attention(q, k, keep).mean(dim=1)
+    v = layout.clean
+    c = A[:, v, : layout.text_len] @ weights.double()[..., None]
+    A_vv = A[:, v, v]
+    r = (A_vv / A_vv.sum(-1, keepdim=True)) @ c
+    torch.testing.assert_close(cam.double(), c[..., 0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ram.double(), r[..., 0], rtol=1e-5, atol=1e-7)

@@ -22,10 +22,12 @@ Three routes compute the same terms (exactly, up to float rounding):
 - **log-sum-exp** (``ProbePlan.lse``; the default on CPU): the model's own attention call is run
   through a kernel that also returns each row's log-sum-exp ``L_h(v) = log Σ_all exp(s_vj)`` (the
   CPU flash kernel computes it anyway), so the model output is bit-identical to a bare forward and
-  no tensor is widened. Then ``c_h = exp(logsumexp_{j∈p}(s_vj + log x_j) - L_h)`` from the few
-  prompt keys, and step 2 below also returns its log-sum-exp over the clean keys ``L^v_h``, which
-  gives ``d_h = exp(L^v_h - L_h)`` without a step-1 call. Extra work: one clean×clean attention
-  call per block (plus the prompt columns), nothing on the model's own call.
+  no tensor is widened. The attention entries the probes need are then rebuilt exactly as
+  ``A_h[v,j] = exp(s_vj - L_h(v))`` (each ≤ 1): ``c_h = A_h[v,p]·x`` from the few prompt key
+  columns, then ``A_h[v,v]·c̄`` and ``d_h = A_h[v,v]·1`` from the clean key columns, a cache-sized
+  block of rows at a time (one matrix product with ``-L`` folded in as an extra channel, one
+  in-place ``exp``, two matrix-vector products). Extra work: one clean×clean score product per
+  block (about half of a padded flash call), nothing on the model's own call.
 - **fused** (``ProbePlan.fused``, the default where no log-sum-exp kernel is at hand): q and k
 get 8 zero channels (scores unchanged; the softmax scale stays 1/sqrt(head_dim)) and v gets the
   two indicator channels, so the extra cost of step 1 is 8 channels of one attention call instead
@@ -228,40 +230,112 @@ def statistics_from_lse(
     probe_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c, r)`` (each (batch, clean_len)) from the model call's row log-sum-exp ``lse`` (B, H, S);
-    ``query``/``key`` (B, S, H, D) as the block used them, default scale 1/sqrt(head_dim)."""
-    q = query[:, layout.clean].transpose(1, 2).to(probe_dtype)  # B, H, Nv, D
-    k = key.transpose(1, 2).to(probe_dtype)  # B, H, S, D
-    row_lse = lse[:, :, layout.clean].to(probe_dtype)  # B, H, Nv
-    batch, heads, clean_len, width = q.shape
-    scale = width**-0.5
-    mask_rows = None if attn_mask is None else _additive(_rows(attn_mask, layout.clean), probe_dtype)
-    prompt_mass_h = _prompt_mass(q, k, row_lse, prompt_mask.to(q.device, probe_dtype), scale, mask_rows)
-    prompt_mass = prompt_mass_h.mean(dim=1)  # c = Ā[v,p]·1
-    values = q.new_zeros((batch, 1, clean_len, width))  # width as the keys: the flash kernel's need
-    values[:, 0, :, 0] = prompt_mass
-    mask_clean = None if mask_rows is None else mask_rows[..., layout.clean]
-    result = attention_with_lse(q, k[:, :, layout.clean], values.expand(batch, heads, clean_len, width), mask_clean, scale)
-    if result is None:
-        raise RuntimeError(f"no log-sum-exp attention kernel on {q.device}")
-    within, clean_lse = result
-    clean_mass_h = torch.exp(clean_lse.to(probe_dtype) - row_lse)  # d_h = A_h[v,v]·1
-    propagated = (clean_mass_h * within[..., 0]).mean(dim=1)  # Ā[v,v]·c
-    degree = clean_mass_h.mean(dim=1)
-    return prompt_mass, propagated / degree.clamp_min(torch.finfo(probe_dtype).tiny)
+    ``query``/``key`` (B, S, H, D) as the block used them, default scale 1/sqrt(head_dim).
 
-
-def _prompt_mass(q, k, row_lse, weights, scale, mask_rows) -> torch.Tensor:
-    """Per head ``A_h[v,p]·x`` = exp(logsumexp_j(s_vj + log x_j) - L_h(v)) over the prompt keys
-    (text positions where any batch element has a weight); (B, H, Nv)."""
+    Attention entries are rebuilt exactly as ``A_h[v, j] = exp(s_vj·scale + m_vj − L_h(v))`` (``L_h``
+    the log-sum-exp over *all* keys, so every entry is ≤ 1 and no rescaling is needed) for the
+    clean query rows against the prompt key columns (pass 1: ``c_h = A_h[v,p]·x``) and then against
+    the clean key columns, a block of rows at a time (pass 2: ``A_h[v,v]·c̄`` and ``A_h[v,v]·1``).
+    ``−L`` rides in the score product as one extra channel (``[q·scale, −L]·[k, 1]``), so each block
+    is one matrix product, one in-place ``exp`` and two matrix-vector products: no (B, S, H, D)
+    copy, no value tensor padded to the head width (a flash kernel would need 128 value channels to
+    carry the one vector ``c̄``) and one block of scores alive (``PROPAGATION_ROWS`` × Nv on CPU)."""
+    weights = prompt_mask.to(query.device, probe_dtype)
     if bool((weights < 0).any()):
         raise ValueError("the log-sum-exp probe route needs non-negative prompt weights")
     columns = weights.sum(dim=0).nonzero()[:, 0]
+    rows = _Rows(query, lse, layout.clean, probe_dtype)
+    mask = None if attn_mask is None else _additive(_rows(attn_mask, layout.clean), probe_dtype)
     if columns.numel() == 0:
-        return row_lse.new_zeros(row_lse.shape)
-    scores = torch.matmul(q, k[:, :, columns].transpose(-1, -2)) * scale + weights[:, None, None, columns].log()
-    if mask_rows is not None:
-        scores = scores + mask_rows[..., columns]
-    return torch.exp(torch.logsumexp(scores, dim=-1) - row_lse)
+        prompt_mass = weights.new_zeros((query.shape[0], layout.clean_len))
+    else:
+        prompt_keys = _KeyColumns(key, columns, probe_dtype)
+        prompt_mask_cols = None if mask is None else mask[..., columns]
+        prompt_mass_h, _ = _weighted_masses(rows, prompt_keys, weights[:, columns], prompt_mask_cols, with_mass=False)
+        prompt_mass = prompt_mass_h.mean(dim=1)  # c = Ā[v,p]·1
+    clean_keys = _KeyColumns(key, layout.clean, probe_dtype)
+    clean_mask = None if mask is None else mask[..., layout.clean]
+    propagated_h, clean_mass_h = _weighted_masses(rows, clean_keys, prompt_mass, clean_mask)
+    propagated = propagated_h.mean(dim=1)  # Ā[v,v]·c
+    degree = clean_mass_h.mean(dim=1)  # Ā[v,v]·1
+    return prompt_mass, propagated / degree.clamp_min(torch.finfo(probe_dtype).tiny)
+
+
+PROPAGATION_ROWS = 256
+"""Query rows per block of the log-sum-exp route on CPU (head by head): 256 × Nv scores, 1 MiB at
+512², 4 MiB at 1024². Measured (bench/probe_step2.py): fewer rows per product (64 at 1024²) made
+MKL's product 1.7× slower; a whole head per product (1024 rows at 512²) was ~15 % slower."""
+PROPAGATION_CHUNK = 1 << 24
+"""Score elements per block on accelerators (all heads of a batch element at once; 64 MiB float32)."""
+PER_HEAD_DEVICES = ("cpu",)
+"""Device types where the log-sum-exp route walks head by head (cache-sized 2-D products and
+matrix-vector products); elsewhere all heads of a batch element go in one batched product."""
+
+
+class _Rows:
+    """Augmented query rows ``[q·scale, −L]`` (…, D + 1) of some query positions, built per head
+    (CPU) or per batch element (accelerators) on demand, so the full (B, H, Nv, D + 1) never exists."""
+
+    def __init__(self, query, lse, positions: slice, dtype) -> None:
+        self.query, self.lse, self.positions, self.dtype = query, lse, positions, dtype
+        self.batch, _, self.heads, self.width = query.shape
+        self.count = positions.stop - positions.start
+        self.scale = self.width**-0.5
+
+    def get(self, b: int, h: int | slice) -> torch.Tensor:
+        q = self.query[b, self.positions, h].to(self.dtype)  # (Nv, D) or (Nv, H, D)
+        lse = self.lse[b, h, self.positions].to(self.dtype)  # (Nv,) or (H, Nv)
+        if q.ndim == 3:
+            q = q.transpose(0, 1)
+        out = torch.empty((*q.shape[:-1], self.width + 1), dtype=self.dtype, device=q.device)
+        torch.mul(q, self.scale, out=out[..., : self.width])
+        torch.neg(lse, out=out[..., self.width])
+        return out
+
+
+class _KeyColumns:
+    """Augmented key columns ``[kᵀ; 1]`` (…, D + 1, K) of some key positions, per head or batch element."""
+
+    def __init__(self, key, positions, dtype) -> None:
+        self.key, self.positions, self.dtype = key, positions, dtype
+
+    def get(self, b: int, h: int | slice) -> torch.Tensor:
+        k = self.key[b, self.positions, h]  # (K, D) or (K, H, D)
+        if k.ndim == 3:
+            k = k.transpose(0, 1)
+        out = torch.ones((*k.shape[:-1], k.shape[-1] + 1), dtype=self.dtype, device=k.device)
+        out[..., :-1] = k
+        return out.transpose(-1, -2)
+
+
+def _weighted_masses(rows: _Rows, keys: _KeyColumns, weights, mask=None, with_mass: bool = True):
+    """Per head ``(A_h[rows, keys]·x, A_h[rows, keys]·1)``, each (B, H, rows), for per-key weights
+    ``x`` (B, K); ``mask`` additive, broadcastable to (B, H, rows, K). Second item None unless
+    ``with_mass``."""
+    batch, heads, count = rows.batch, rows.heads, rows.count
+    weighted = weights.new_empty((batch, heads, count))
+    mass = weights.new_empty((batch, heads, count)) if with_mass else None
+    cpu = rows.query.device.type in PER_HEAD_DEVICES
+    groups = [(b, h) for b in range(batch) for h in range(heads)] if cpu else [(b, slice(None)) for b in range(batch)]
+    for b, h in groups:
+        queries, key_cols, x = rows.get(b, h), keys.get(b, h), weights[b].contiguous()
+        step = PROPAGATION_ROWS if cpu else max(1, PROPAGATION_CHUNK // (heads * key_cols.shape[-1]))
+        group_mask = None if mask is None else torch.broadcast_to(mask, (batch, heads, count, mask.shape[-1]))[b, h]
+        for start in range(0, count, step):
+            part = slice(start, start + step)
+            scores = torch.matmul(queries[..., part, :], key_cols)  # s·scale − L
+            if group_mask is not None:
+                scores += group_mask[..., part, :]
+            scores.exp_()
+            if cpu:
+                torch.mv(scores, x, out=weighted[b, h, part])
+                if with_mass:
+                    torch.sum(scores, dim=-1, out=mass[b, h, part])
+            else:
+                weighted[b, h, part] = torch.matmul(scores, x[:, None])[..., 0]
+                if with_mass:
+                    mass[b, h, part] = scores.sum(-1)
+    return weighted, mass
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -374,7 +448,7 @@ class ProbeRecorder:
     def record_feature(self, site: str, block: int, clean_tokens: torch.Tensor) -> None:
         """Store (batch, clean_len, dim) features of the clean tokens."""
         if self.wants_feature(site, block):
-            self.features[(site, block)] = clean_tokens.detach().to(self.plan.probe_dtype).clone()
+            self.features[(site, block)] = clean_tokens.detach().to(self.plan.probe_dtype, copy=True)  # one copy
 
     def stacked(self, which: str, blocks: Iterable[int]) -> torch.Tensor:
         """(len(blocks), batch, clean_len) of recorded ``cam`` or ``ram`` terms."""
