@@ -114,6 +114,7 @@ class FluxKontextBackbone(Backbone):
     """
 
     text_sees_image = False  # the text encoder reads the instruction only
+    text_row_tensors = ("embeds", "pooled")  # "ids" (tokens, 3) serves the whole batch
 
     def __init__(
         self,

@@ -106,6 +106,7 @@ class Flux2KleinBackbone(Backbone):
 
     decodes_edits = True
     text_sees_image = False  # the text encoder reads the instruction only
+    text_row_tensors = ("embeds", "ids")
 
     def __init__(
         self,
@@ -192,6 +193,9 @@ class Flux2KleinBackbone(Backbone):
             add_generation_prompt=True,
             enable_thinking=False,
         )
+
+    def text_settings(self) -> tuple[int]:
+        return (self.max_sequence_length,)
 
     def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int]:
         """Tokens of each chat-templated instruction, and :attr:`max_sequence_length`."""

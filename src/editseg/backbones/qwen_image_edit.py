@@ -146,6 +146,8 @@ class QwenImageEditBackbone(Backbone):
     384² for the image the VLM sees in the Plus pipeline); tests shrink them for tiny models.
     """
 
+    text_sees_image = True  # Qwen2.5-VL encodes the instruction with the image: never cached
+
     def __init__(
         self,
         pipeline,
