@@ -146,3 +146,13 @@ def test_split_and_join_round_trip(tiny_backbone):
     assert joined.prompts == text.prompts
     for name, value in text.tensors.items():
         assert torch.equal(joined.tensors[name], value)
+
+
+def test_cli_text_cache_switch(tmp_path, capsys):
+    from PIL import Image
+
+    from editseg.cli.main import main
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "one.png")
+    assert main(["segment", str(tmp_path / "one.png"), "the star", "--text-cache", "-1"]) == 2
+    assert "--text-cache must be 0 (off) or more" in capsys.readouterr().err
