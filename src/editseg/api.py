@@ -16,9 +16,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .backbones import TOY_SHAPES, Backbone
+from .backbones import Backbone
 from .backbones.base import RANDOM_WEIGHTS_NOTICE
 from .backbones.text_cache import DEFAULT_TEXT_CACHE_ENTRIES
+from .catalog import DEFAULT_MODEL
 from .config import MethodConfig
 from .errors import ConfigError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, validate_max_pixels
@@ -29,7 +30,6 @@ from .results import SegmentationResult
 
 __all__ = ["DEFAULT_MODEL", "RANDOM_WEIGHTS_NOTICE", "TOY_SHAPES_NOTICE", "SegmentationResult", "Segmenter"]
 
-DEFAULT_MODEL = TOY_SHAPES  # built in: the tiny editor trained on the synthetic shapes world
 TOY_SHAPES_NOTICE = (
     "editseg: toy-shapes is a tiny editor trained on synthetic 64x64 shapes scenes (see `editseg demo`); "
     "for photos use a real model, e.g. --model flux2-klein-4b."

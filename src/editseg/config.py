@@ -6,8 +6,15 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, Sequence, Union
 
 from .errors import ConfigError
-from .probing.recorder import FEATURE_SITES
 from .text import PROMPT_TOKEN_SETS
+
+FEATURE_SITES = ("attn", "adaln", "block")
+"""Where clean-token features are read in a block (paper Table 3):
+
+- ``attn``: the MMSA output ``A·V`` (heads concatenated, before the output projection) — eq. 1;
+- ``adaln``: the block's post-AdaLN (normalised and modulated) input to attention;
+- ``block``: the block's output hidden states.
+"""
 
 MODES = ("full", "ram", "cam")
 """``full`` = RAM → prototypes → per-pixel classification (eqs. 3-6); ``ram`` / ``cam`` = the

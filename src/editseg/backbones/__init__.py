@@ -8,8 +8,10 @@ Each model family lives in one module that exposes:
 - ``load_pipeline(source, dtype)``: load weights (raise ``OSError``/``ValueError`` if missing);
 - ``make_backbone(pipeline, name)``: wrap a loaded pipeline.
 
-Add a family by adding its module to :data:`FAMILY_MODULES`; built-in models (no download) go
-in :data:`BUILT_IN`.
+Add a family by adding its entry (module, aliases, pipeline class names) to
+:data:`editseg.catalog.FAMILIES`; built-in models (no download) go in :data:`BUILT_IN` and their
+descriptions in :data:`editseg.catalog.BUILT_IN_DESCRIPTIONS`. The names live in
+:mod:`editseg.catalog` so that listing them needs no torch.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from typing import Callable
 import torch
 
 from ..components.loading import resolve_source
+from ..catalog import FAMILIES, PLANNED, TINY_RANDOM, TINY_STEP1X, TOY_SHAPES, BUILT_IN_DESCRIPTIONS
+from ..catalog import aliases, closest_model, known_models, unknown_model_message
 from ..errors import OFFLINE_HINT, ConfigError, ModelNotFoundError, UnsupportedModelError
 from .base import Backbone, EncodedText, PreparedImage
 
-TINY_RANDOM = "tiny-random-flux2"
 TINY_MAX_SIDE = 128
-FAMILY_MODULES = ["editseg.backbones.flux2", "editseg.backbones.flux1_kontext", "editseg.backbones.qwen_image_edit", "editseg.backbones.step1x"]
-PLANNED: dict[str, str] = {}
+FAMILY_MODULES = [family.module for family in FAMILIES]
 OFFLOAD_MODES = ("none", "model", "sequential")
 
 __all__ = ["Backbone", "EncodedText", "PreparedImage", "load_backbone", "resolve_device", "resolve_model_source", "known_models", "closest_model"]
@@ -46,7 +48,6 @@ def _tiny_random(device: torch.device, dtype: torch.dtype) -> Backbone:
     return Flux2KleinBackbone(pipeline, name=TINY_RANDOM, is_random=True, default_max_side=TINY_MAX_SIDE)
 
 
-TOY_SHAPES = "toy-shapes"
 TOY_SHAPES_DIR = Path(__file__).resolve().parent.parent / "assets" / TOY_SHAPES
 TOY_SHAPES_SIDE = 64
 
@@ -71,9 +72,6 @@ def _toy_shapes(device: torch.device, dtype: torch.dtype) -> Backbone:
     return Flux2KleinBackbone(pipeline, name=TOY_SHAPES, default_max_side=TOY_SHAPES_SIDE)
 
 
-TINY_STEP1X = "tiny-random-step1x"
-
-
 def _tiny_step1x(device: torch.device, dtype: torch.dtype) -> Backbone:
     """Tiny random Step1X-Edit (its Qwen2.5-VL serves the instruction refiner in offline trials)."""
     from .step1x import Step1XEditBackbone
@@ -86,28 +84,13 @@ def _tiny_step1x(device: torch.device, dtype: torch.dtype) -> Backbone:
 
 
 BUILT_IN: dict[str, tuple[Callable[[torch.device, torch.dtype], Backbone], str]] = {
-    TINY_RANDOM: (_tiny_random, "built in, random weights (for trying editseg offline; output meaningless)"),
-    TINY_STEP1X: (_tiny_step1x, "built in, random Step1X-Edit weights incl. a tiny Qwen2.5-VL (offline trials, e.g. --refine-instruction)"),
-    TOY_SHAPES: (_toy_shapes, "built in, the default: tiny FLUX.2-klein editor trained on the synthetic shapes world (64x64); "
-        "grounds far above chance, weak masks (assets/toy-shapes/MODEL_CARD.md)"),
+    name: (loader, BUILT_IN_DESCRIPTIONS[name])
+    for name, loader in ((TINY_RANDOM, _tiny_random), (TINY_STEP1X, _tiny_step1x), (TOY_SHAPES, _toy_shapes))
 }
 
 
 def families() -> list[ModuleType]:
     return [importlib.import_module(name) for name in FAMILY_MODULES]
-
-
-def aliases() -> dict[str, str]:
-    """Every short model name → hub id."""
-    return {alias: hub_id for family in families() for alias, hub_id in family.ALIASES.items()}
-
-
-def known_models() -> dict[str, str]:
-    """Names accepted by :func:`load_backbone` with a one-line description."""
-    described = {name: text for name, (_, text) in BUILT_IN.items()}
-    described.update(aliases())
-    described.update({name: f"{label} (planned, not supported yet)" for name, label in PLANNED.items()})
-    return described
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -179,26 +162,6 @@ def _family_for(source: str, model: str) -> ModuleType:
         raise UnsupportedModelError(unknown_model_message(model))
     # An unknown hub id: try the first family (FLUX.2 klein); its loader reports what is missing.
     return families()[0]
-
-
-def closest_model(model: str) -> str | None:
-    """The known model name (or hub id) most like ``model``, if any is close."""
-    import difflib
-
-    names = list(known_models()) + list(aliases().values())
-    lowered = {name.lower(): name for name in names}
-    match = difflib.get_close_matches(model.lower(), list(lowered), n=1, cutoff=0.6)
-    return lowered[match[0]] if match else None
-
-
-def unknown_model_message(model: str) -> str:
-    """One line: ``model`` is unknown; the known names; the closest one."""
-    guess = closest_model(model)
-    hint = f" Did you mean {guess!r}?" if guess else ""
-    return (
-        f"Unknown model {model!r}.{hint} Known names: {', '.join(known_models())}; "
-        "or a hub id (owner/name) or a local folder holding model_index.json (see `editseg models`)."
-    )
 
 
 def load_backbone(

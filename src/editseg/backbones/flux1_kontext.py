@@ -31,6 +31,7 @@ import torch
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 from PIL import Image
 
+from ..catalog import FLUX1_KONTEXT
 from ..errors import ExpressionError, ImageLoadError
 from ..geometry import ImageGeometry
 from ..probing.recorder import ProbeRecorder, TokenLayout
@@ -297,8 +298,8 @@ class FluxKontextBackbone(FluxPipelineParts, Backbone):
         return probes_installed(self.pipeline.transformer, recorder)
 
 
-ALIASES = {"flux1-kontext": "black-forest-labs/FLUX.1-Kontext-dev"}
-PIPELINE_CLASS_NAMES = ("FluxKontextPipeline",)
+ALIASES = FLUX1_KONTEXT.aliases  # the names live in editseg.catalog (listed without importing this module)
+PIPELINE_CLASS_NAMES = FLUX1_KONTEXT.pipeline_class_names
 WEIGHTS_HINT = (
     "FLUX.1 Kontext [dev] weights are gated on the Hugging Face hub (FLUX.1 [dev] Non-Commercial License): "
     "accept the licence on the model page and log in (`hf auth login`), or copy the weights from a machine "

@@ -23,6 +23,7 @@ from diffusers.models.transformers.transformer_flux2 import (
 )
 from PIL import Image
 
+from ..catalog import FLUX2_KLEIN
 from ..errors import ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
 from ..probing.recorder import ProbeRecorder, TokenLayout
@@ -343,13 +344,8 @@ class Flux2KleinBackbone(FluxPipelineParts, Backbone):
         return probes_installed(self.pipeline.transformer, recorder)
 
 
-ALIASES = {
-    "flux2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
-    "flux2-klein-9b": "black-forest-labs/FLUX.2-klein-9B",
-    "flux2-klein-base-4b": "black-forest-labs/FLUX.2-klein-base-4B",
-    "flux2-klein-base-9b": "black-forest-labs/FLUX.2-klein-base-9B",
-}
-PIPELINE_CLASS_NAMES = ("Flux2KleinPipeline", "Flux2KleinKVPipeline")
+ALIASES = FLUX2_KLEIN.aliases  # the names live in editseg.catalog (listed without importing this module)
+PIPELINE_CLASS_NAMES = FLUX2_KLEIN.pipeline_class_names
 WEIGHTS_HINT = (
     "FLUX.2 [klein] weights are gated on the Hugging Face hub: accept the licence on the model page and "
     "log in (`hf auth login`), or copy the weights from a machine that has them."

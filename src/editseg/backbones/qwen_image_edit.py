@@ -49,6 +49,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dime
 from PIL import Image
 
 from ..config import BlockSelection
+from ..catalog import QWEN_IMAGE_EDIT
 from ..errors import ConfigError, ExpressionError, ImageLoadError, UnsupportedModelError
 from ..geometry import ImageGeometry
 from ..probing.recorder import ProbeRecorder, TokenLayout
@@ -408,11 +409,8 @@ class QwenImageEditBackbone(Backbone):
         return probes_installed(self.pipeline.transformer, recorder)
 
 
-ALIASES = {
-    "qwen-image-edit": "Qwen/Qwen-Image-Edit",
-    "qwen-image-edit-2509": "Qwen/Qwen-Image-Edit-2509",
-}
-PIPELINE_CLASS_NAMES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")
+ALIASES = QWEN_IMAGE_EDIT.aliases  # the names live in editseg.catalog (listed without importing this module)
+PIPELINE_CLASS_NAMES = QWEN_IMAGE_EDIT.pipeline_class_names
 WEIGHTS_HINT = (
     "Qwen-Image-Edit weights (Apache-2.0, not gated; about 58 GB in bfloat16: a 20B transformer and the "
     "Qwen2.5-VL-7B text encoder) download from the Hugging Face hub (`hf download Qwen/Qwen-Image-Edit`). "

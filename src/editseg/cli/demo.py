@@ -16,17 +16,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-from PIL import Image
-
-from ..data import shapes_grammar
-from ..data.shapes import ShapesSample, tier_world
-from ..evaluation.metrics import mask_iou
-from ..viz import heatmap, overlay, panel_row, stack_rows
 from . import options
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the scene and picture code loads when the demo runs, not to build the parser
+    import numpy as np
+    from PIL import Image
+
     from ..api import Segmenter
+    from ..data.shapes import ShapesSample
 
 DEMO_SEED = 7
 DEMO_INDEX = 11
@@ -43,6 +40,8 @@ def register(subparsers: Any) -> None:
 
 def demo_scene(image_size: int = 64, tier: str = "basic") -> ShapesSample:
     """The fixed demo scene of a benchmark tier (basic: "val" split; full: "test" split)."""
+    from ..data.shapes import tier_world
+
     split = "val" if tier == "basic" else "test"
     return tier_world(tier, DEMO_SEED, image_size).sample(split, DEMO_INDEX)
 
@@ -50,6 +49,10 @@ def demo_scene(image_size: int = 64, tier: str = "basic") -> ShapesSample:
 def demo_expressions(scene: ShapesSample, seed: int = 0, limit: int = 4) -> list[tuple[str, np.ndarray]]:
     """Up to ``limit`` objects, each with one expression (the first kind of ``KIND_ORDER`` that
     singles it out) and its ground-truth mask."""
+    import numpy as np
+
+    from ..data import shapes_grammar
+
     rng = np.random.default_rng(seed)
     pairs = []
     for target in range(len(scene.objects)):
@@ -63,6 +66,8 @@ def demo_expressions(scene: ShapesSample, seed: int = 0, limit: int = 4) -> list
 
 def first_step_edits(segmenter: Segmenter, image: Image.Image, results) -> list[Image.Image]:
     """The model's own first-step edit per result (empty where the backbone cannot decode one)."""
+    from PIL import Image
+
     backbone = segmenter.backbone
     if not backbone.decodes_edits:
         return []
@@ -74,6 +79,8 @@ def first_step_edits(segmenter: Segmenter, image: Image.Image, results) -> list[
 
 def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
     """Segment every object of the demo scene by an expression; write ``demo.png``."""
+    from ..viz import stack_rows
+
     out_dir.mkdir(parents=True, exist_ok=True)
     size = 64 if segmenter.backbone.name == "toy-shapes" else 512
     basic, full = demo_scene(size, "basic"), demo_scene(size, "full")
@@ -87,6 +94,11 @@ def run_demo(segmenter: Segmenter, out_dir: Path) -> Path:
 
 
 def _scene_rows(segmenter: Segmenter, tier: str, scene: ShapesSample, pairs: list[tuple[str, np.ndarray]]) -> list:
+    from PIL import Image
+
+    from ..evaluation.metrics import mask_iou
+    from ..viz import heatmap, overlay, panel_row
+
     image = Image.fromarray(scene.image)
     results = segmenter.segment(image, [expression for expression, _ in pairs])
     edits = first_step_edits(segmenter, image, results)

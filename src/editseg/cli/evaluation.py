@@ -15,11 +15,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..data.base import DatasetFilesNotFound, ReferringSample
-from ..evaluation.records import EvaluationError
+from ..evaluation.records import EvaluationError  # light: the evaluation package loads its modules on use
 from . import options
+
+if TYPE_CHECKING:
+    from ..data.base import ReferringSample
 
 __all__ = [
     "DATASETS",
@@ -214,6 +216,8 @@ def build_dataset(args: argparse.Namespace) -> Any:
 
 
 def _check_images(samples: list[ReferringSample]) -> None:
+    from ..data.base import DatasetFilesNotFound
+
     paths = sorted({str(s.image_path) for s in samples if s.image_path is not None})
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
@@ -253,6 +257,8 @@ def _converted(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpar
     """Turn data-file and data-format errors into messages (the CLI prints EditsegErrors)."""
 
     def run(args: argparse.Namespace) -> int:
+        from ..data.base import DatasetFilesNotFound
+
         try:
             return handler(args)
         except DatasetFilesNotFound as error:

@@ -14,7 +14,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_models(_: argparse.Namespace) -> int:
-    from ..backbones import known_models
+    from ..catalog import known_models
 
     for name, description in known_models().items():
         print(f"{name:24s} {description}")

@@ -13,7 +13,7 @@ def models_epilog() -> str:
     """The help epilog: every name ``editseg models`` lists, then how models are found."""
     import textwrap
 
-    from ..backbones import known_models
+    from ..catalog import known_models
 
     names = ", ".join(known_models())
     return "\n".join(textwrap.wrap(
@@ -47,7 +47,7 @@ __all__ = [
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--method``, ``--model`` and how to load it (device, dtype, offload, batch size, input limits)."""
-    from ..api import DEFAULT_MODEL
+    from ..catalog import DEFAULT_MODEL
     from ..methods.registry import DEFAULT_METHOD, METHODS
 
     group = parser.add_argument_group("model")
@@ -69,8 +69,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """The early-grounding method's settings (defaults follow the paper)."""
-    from ..config import BLOCK_SETS, MODES, SIMILARITIES
-    from ..probing.recorder import FEATURE_SITES
+    from ..config import BLOCK_SETS, FEATURE_SITES, MODES, SIMILARITIES
     from ..text import INSTRUCTION_TEMPLATES, PROMPT_TOKEN_SETS
 
     group = parser.add_argument_group("method (defaults follow the paper)")
@@ -154,8 +153,8 @@ def segmenter_from_args(args: argparse.Namespace):
     import torch
 
     from ..api import RANDOM_WEIGHTS_NOTICE, TOY_SHAPES_NOTICE, Segmenter
+    from ..catalog import TOY_SHAPES
     from ..errors import ConfigError
-    from ..backbones import TOY_SHAPES
     from ..methods.registry import DEFAULT_METHOD
 
     config = config_from_args(args)  # validate options before loading a big model

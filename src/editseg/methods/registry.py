@@ -9,10 +9,12 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .base import Method
+
+if TYPE_CHECKING:  # the method classes (and torch) load on first use, not to list the names
+    from .base import Method
 
 DEFAULT_METHOD = "early-grounding"
 

@@ -48,13 +48,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-FEATURE_SITES = ("attn", "adaln", "block")
-"""Where clean-token features are read in a block (paper Table 3):
-
-- ``attn``: the MMSA output ``A·V`` (heads concatenated, before the output projection) — eq. 1;
-- ``adaln``: the block's post-AdaLN (normalised and modulated) input to attention;
-- ``block``: the block's output hidden states.
-"""
+from ..config import FEATURE_SITES  # defined with the settings that choose among them
 
 
 @dataclass(frozen=True)

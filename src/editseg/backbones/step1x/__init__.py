@@ -17,16 +17,14 @@ from pathlib import Path
 
 import torch
 
+from ...catalog import STEP1X_EDIT
 from ...errors import UnsupportedModelError
 from .backbone import Step1XEditBackbone
 from .model import Step1XConfig, Step1XEditDiT, probes_installed
 from .pipeline import DIT_FILENAME, Step1XPipeline, is_diffusers_layout, load_diffusers_format, load_official
 
-ALIASES = {
-    "step1x-edit": "stepfun-ai/Step1X-Edit",
-    "step1x-edit-v1p1": "stepfun-ai/Step1X-Edit-v1p1-diffusers",
-}
-PIPELINE_CLASS_NAMES = ("Step1XEditPipeline",)
+ALIASES = STEP1X_EDIT.aliases  # the names live in editseg.catalog (listed without importing this module)
+PIPELINE_CLASS_NAMES = STEP1X_EDIT.pipeline_class_names
 WEIGHTS_HINT = (
     "Step1X-Edit v1.0 needs step1x-edit-i1258.safetensors and vae.safetensors (hub: stepfun-ai/Step1X-Edit) "
     "plus Qwen2.5-VL-7B-Instruct (a 'Qwen2.5-VL-7B-Instruct' sub-folder of a local model folder, or the hub id "
