@@ -183,6 +183,33 @@ def test_probe_results_do_not_depend_on_the_batch(family, image):
             torch.testing.assert_close(together.ram[block][row], alone.ram[block][0], rtol=1e-4, atol=1e-6)
 
 
+def test_text_sees_image_is_declared_truly_and_the_text_cache_follows_it(family, image):
+    """Where the text encoder ignores the image, another image gives the same encoding bit for bit
+    and the text cache serves it; where it sees the image, the encoding changes and nothing is cached."""
+    from editseg.backbones.text_cache import TextEncodingCache
+
+    _, backbone = family
+    expressions = ["the red circle", "a big zebra on the left"]
+    instructions = [f"remove {e}" for e in expressions]
+    prepared, text = _encode(backbone, expressions, image)
+    other = backbone.prepare_image(Image.fromarray(255 - np.asarray(image)))
+    other_text = backbone.encode_text(expressions, instructions, image=other)
+    same = all(torch.equal(v, other_text.tensors[k]) for k, v in text.tensors.items() if isinstance(v, torch.Tensor))
+    assert same is not backbone.text_sees_image
+    cache = TextEncodingCache(8)
+    first = cache.encode(backbone, expressions, instructions, image=prepared)
+    again = cache.encode(backbone, expressions[::-1], instructions[::-1], image=other)
+    if backbone.text_sees_image:
+        assert len(cache) == 0 and cache.hits == 0
+        return
+    assert set(backbone.text_row_tensors) <= set(text.tensors) and len(cache) == 2 and cache.hits == 2
+    assert [p.instruction for p in again.prompts] == instructions[::-1]
+    for key, value in text.tensors.items():
+        assert torch.equal(first.tensors[key], value), key
+        flipped = value.flip(0) if key in backbone.text_row_tensors else value
+        assert torch.equal(again.tensors[key], flipped), key
+
+
 def test_decoding_is_what_the_backbone_declares(family, image):
     _, backbone = family
     prepared, text = _encode(backbone, ["the red circle"], image)

@@ -18,6 +18,7 @@ import torch
 
 from .backbones import Backbone
 from .backbones.base import RANDOM_WEIGHTS_NOTICE
+from .backbones.text_cache import DEFAULT_TEXT_CACHE_ENTRIES
 from .catalog import DEFAULT_MODEL
 from .config import MethodConfig
 from .errors import ConfigError
@@ -53,12 +54,15 @@ class Segmenter:
         *,
         method: Method | None = None,
         reduce_oversize: bool = False,
+        text_cache_size: int = DEFAULT_TEXT_CACHE_ENTRIES,
     ):
         if (backbone is None) == (method is None):
             raise ConfigError("Give a backbone (for the early-grounding method) or a method, not both.")
         self.max_pixels = validate_max_pixels(max_pixels)  # checked before any encoding
         if method is None:
-            method = EarlyGroundingMethod(backbone, config, batch_size, instruction_refiner, max_side)
+            method = EarlyGroundingMethod(
+                backbone, config, batch_size, instruction_refiner, max_side, text_cache_size=text_cache_size
+            )
         self.method = method
         self.reduce_oversize = reduce_oversize
 
@@ -78,7 +82,7 @@ class Segmenter:
     ) -> "Segmenter":
         """Load ``method`` (see :data:`~editseg.methods.registry.METHODS`) over ``model`` (name, hub
         id or local folder; default: the method's). ``options`` go to the method, e.g. ``config``,
-        ``batch_size``, ``max_side`` for early grounding."""
+        ``batch_size``, ``max_side``, ``text_cache_size`` (0: no text-encoding cache) for early grounding."""
         validate_max_pixels(max_pixels)  # a bad limit fails before the model loads
         loaded = load_method(method, model, device=device, dtype=dtype, offload=offload, components=components, **options)
         return cls(method=loaded, max_pixels=max_pixels, reduce_oversize=reduce_oversize)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 import torch
 
+from ..components.loading import resolve_source
 from ..catalog import FAMILIES, PLANNED, TINY_RANDOM, TINY_STEP1X, TOY_SHAPES, BUILT_IN_DESCRIPTIONS
 from ..catalog import aliases, closest_model, known_models, unknown_model_message
 from ..errors import OFFLINE_HINT, ConfigError, ModelNotFoundError, UnsupportedModelError
@@ -130,15 +130,7 @@ def resolve_model_source(model: str) -> str:
 
     With ``EDITSEG_MODELS_DIR`` set, ``$EDITSEG_MODELS_DIR/<repo name>`` is used when it exists.
     """
-    source = aliases().get(model.lower(), model)
-    if Path(source).expanduser().exists():
-        return str(Path(source).expanduser())
-    models_dir = os.environ.get("EDITSEG_MODELS_DIR")
-    if models_dir:
-        candidate = Path(models_dir).expanduser() / source.split("/")[-1]
-        if candidate.exists():
-            return str(candidate)
-    return source
+    return resolve_source(model, aliases())
 
 
 def _pipeline_class_name(source: str) -> str | None:

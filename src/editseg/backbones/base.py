@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Hashable, Sequence
 
 import torch
 from PIL import Image
@@ -60,6 +60,9 @@ class Backbone(ABC):
     default_max_side: int | None = None  # longer-side cap applied before the model's own resize rule
     decodes_edits: ClassVar[bool] = False  # first_step_clean_estimate / decode_tokens are implemented
     text_sees_image: ClassVar[bool] = True  # False where encode_text ignores the image, so an encoding can serve many images
+    # EncodedText tensors with one row per instruction on dim 0 (the others serve the whole batch);
+    # with text_sees_image False, lets TextEncodingCache keep and reassemble single instructions
+    text_row_tensors: ClassVar[tuple[str, ...]] = ()
 
     @property
     def num_blocks(self) -> int:
@@ -113,6 +116,11 @@ class Backbone(ABC):
         """Encode instructions exactly as the model's pipeline does and map words to tokens.
 
         ``image`` is the prepared image, for text encoders that see it (Qwen2.5-VL); others ignore it."""
+
+    def text_settings(self) -> tuple[Hashable, ...]:
+        """Settings of this backbone, besides its name and the instruction, that change what
+        :meth:`encode_text` returns (e.g. the padded text length); part of a text-cache key."""
+        return ()
 
     def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int] | None:
         """``(tokens each instruction needs, the most the model reads)``, from the tokenizer alone

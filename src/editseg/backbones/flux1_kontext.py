@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 from PIL import Image
@@ -39,6 +38,7 @@ from ..probing.recorder import ProbeRecorder, TokenLayout
 from ..text import align_prompt, count_tokens
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
+from .flux_inputs import FluxPipelineParts, embedded_guidance, flux_schedule, t5_encode
 
 MAX_SEQUENCE_LENGTH = 512  # the pipeline's default (and maximum) T5 length
 MAX_AREA = 1024 * 1024  # the pipeline's default ``max_area`` for the generated canvas
@@ -104,7 +104,7 @@ def preferred_resolution(width: int, height: int) -> tuple[int, int]:
     return best_w, best_h
 
 
-class FluxKontextBackbone(Backbone):
+class FluxKontextBackbone(FluxPipelineParts, Backbone):
     """FLUX.1 Kontext around a loaded ``FluxKontextPipeline`` (real weights or a tiny random model).
 
     ``guidance_scale``: the embedded guidance (pipeline default 3.5). ``auto_resize``: snap the
@@ -115,6 +115,7 @@ class FluxKontextBackbone(Backbone):
     """
 
     text_sees_image = False  # the text encoder reads the instruction only
+    text_row_tensors = ("embeds", "pooled")  # "ids" (tokens, 3) serves the whole batch
 
     def __init__(
         self,
@@ -129,26 +130,11 @@ class FluxKontextBackbone(Backbone):
     ):
         if noisy_canvas not in NOISY_CANVASES:
             raise ValueError(f"noisy_canvas must be one of {NOISY_CANVASES}, got {noisy_canvas!r}")
-        self.pipeline = pipeline
-        self.name = name
-        self.is_random = is_random
-        self.default_max_side = default_max_side
+        self.bind_pipeline(pipeline, name, is_random, default_max_side)
         self.guidance_scale = guidance_scale
         self.auto_resize = auto_resize
         self.noisy_canvas = noisy_canvas
         self.max_area = max_area
-        transformer = pipeline.transformer
-        self.num_double_blocks = len(transformer.transformer_blocks)
-        self.num_single_blocks = len(transformer.single_transformer_blocks)
-        self.patch = pipeline.vae_scale_factor * 2  # pixels per token side (16 for the real VAE)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipeline.transformer.dtype
 
     @property
     def default_feature_block(self) -> int:
@@ -217,33 +203,21 @@ class FluxKontextBackbone(Backbone):
         """T5 embeddings (512 tokens), CLIP pooled embedding and text ids via the pipeline's
         ``encode_prompt``; token offsets from the same T5 tokenisation."""
         pipe = self.pipeline
-        tokenizer = pipe.tokenizer_2
         texts = list(instructions)
-        full_lengths = count_tokens(tokenizer, texts)  # quietly: the clean error below says it all
+        full_lengths = count_tokens(pipe.tokenizer_2, texts)  # quietly: the clean error below says it all
         for expression, length in zip(expressions, full_lengths):
             if length > MAX_SEQUENCE_LENGTH:
                 raise ExpressionError(
                     f"Expression too long: its instruction needs {length} T5 tokens, "
                     f"{self.name} reads at most {MAX_SEQUENCE_LENGTH}. Shorten it: {expression[:80]!r}..."
                 )
-        encoded = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=MAX_SEQUENCE_LENGTH,
-            truncation=True,
-            return_tensors="pt",
-            return_offsets_mapping=True,
-        )
+        encoded, embeds, pooled, text_ids = t5_encode(pipe, texts, self.device, MAX_SEQUENCE_LENGTH)
         prompts = [
             align_prompt(expression, instruction, text, ids, offsets, int(mask.sum()))
             for expression, instruction, text, ids, offsets, mask in zip(
                 expressions, instructions, texts, encoded["input_ids"], encoded["offset_mapping"], encoded["attention_mask"]
             )
         ]
-        with torch.no_grad():  # as in the pipeline's __call__ (grad mode changes kernels, hence rounding)
-            embeds, pooled, text_ids = pipe.encode_prompt(
-                prompt=texts, prompt_2=None, device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH
-            )
         return EncodedText(prompts=prompts, tensors={"embeds": embeds, "pooled": pooled, "ids": text_ids})
 
     # -- forward -------------------------------------------------------------------------------
@@ -269,9 +243,7 @@ class FluxKontextBackbone(Backbone):
         hidden = torch.cat([noise, clean], dim=1).expand(batch, -1, -1)
         ids = torch.cat([noise_ids, image.tensors["ids"].to(noise_ids.device)], dim=0)
         timestep = torch.full((batch,), 1000.0, device=noise.device).to(noise.dtype) / 1000
-        guidance = None
-        if pipe.transformer.config.guidance_embeds:
-            guidance = torch.full([1], self.guidance_scale, device=noise.device, dtype=torch.float32).expand(batch)
+        guidance = embedded_guidance(pipe.transformer, self.guidance_scale, batch, noise.device)
         return {
             "hidden_states": hidden,
             "timestep": timestep,
@@ -295,21 +267,9 @@ class FluxKontextBackbone(Backbone):
         inputs = self.first_step_inputs(image, text, seed)
         if step_index == 0:
             return inputs
-        from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift, retrieve_timesteps
-
         pipe = self.pipeline
-        config = pipe.scheduler.config
-        scheduler = type(pipe.scheduler).from_config(config)
         layout = self.layout_for(image, text)
-        mu = calculate_shift(
-            layout.noisy_len,
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-        timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
+        scheduler, timesteps = flux_schedule(pipe.scheduler, layout.noisy_len, num_steps, self.device)
         key = self.trajectories.key(image, text, seed, num_steps)
         start, latents = self.trajectories.resume(key, step_index)  # a shared trajectory: resume
         if latents is None:

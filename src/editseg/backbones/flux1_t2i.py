@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
@@ -31,6 +30,7 @@ from ..errors import ExpressionError, ImageLoadError
 from ..geometry import ImageGeometry
 from ..probing.token_attention import T2ILayout, TokenAttentionRecorder, TokenProbePlan
 from ..probing.processors import flux_joint_qkv, swapped_processors
+from .flux_inputs import FluxPipelineParts, embedded_guidance, flux_schedule, t5_encode
 
 MAX_SEQUENCE_LENGTH = 512
 DEFAULT_GUIDANCE_SCALE = 3.5
@@ -126,7 +126,7 @@ def token_probes_installed(transformer, recorder: TokenAttentionRecorder):
     )
 
 
-class FluxT2IBackbone:
+class FluxT2IBackbone(FluxPipelineParts):
     """FLUX.1 text-to-image around a loaded ``FluxPipeline`` (real weights or a tiny random model)."""
 
     kind = "t2i-dit"
@@ -140,28 +140,13 @@ class FluxT2IBackbone:
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         max_area: int = MAX_AREA,
     ):
-        self.pipeline = pipeline
-        self.name = name
-        self.is_random = is_random
-        self.default_max_side = default_max_side
+        self.bind_pipeline(pipeline, name, is_random, default_max_side)
         self.guidance_scale = guidance_scale
         self.max_area = max_area
-        transformer = pipeline.transformer
-        self.num_double_blocks = len(transformer.transformer_blocks)
-        self.num_single_blocks = len(transformer.single_transformer_blocks)
-        self.patch = pipeline.vae_scale_factor * 2
 
     @property
     def num_blocks(self) -> int:
         return self.num_double_blocks + self.num_single_blocks
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipeline.transformer.dtype
 
     # -- image ---------------------------------------------------------------------------------
     def preprocess_geometry(self, size: tuple[int, int], max_side: int | None = None) -> ImageGeometry:
@@ -196,18 +181,10 @@ class FluxT2IBackbone:
         """T5 + CLIP embeddings via the pipeline's ``encode_prompt``; T5 token offsets of the same tokenisation."""
         pipe = self.pipeline
         texts = list(texts)
-        tokenizer = pipe.tokenizer_2
-        for text, ids in zip(texts, tokenizer(texts)["input_ids"]):
+        for text, ids in zip(texts, pipe.tokenizer_2(texts)["input_ids"]):
             if len(ids) > MAX_SEQUENCE_LENGTH:
                 raise ExpressionError(f"Text too long: {len(ids)} T5 tokens, at most {MAX_SEQUENCE_LENGTH}: {text[:80]!r}...")
-        encoded = tokenizer(
-            texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True, return_tensors="pt",
-            return_offsets_mapping=True,
-        )
-        with torch.no_grad():
-            embeds, pooled, ids = pipe.encode_prompt(
-                prompt=texts, prompt_2=None, device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH
-            )
+        encoded, embeds, pooled, ids = t5_encode(pipe, texts, self.device, MAX_SEQUENCE_LENGTH)
         num_real = [int(m.sum()) for m in encoded["attention_mask"]]
         return T2IText(
             texts=texts,
@@ -227,27 +204,13 @@ class FluxT2IBackbone:
     def schedule(self, image_len: int, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's ``(timesteps, sigmas)`` for ``num_steps`` steps at ``image_len`` tokens
         (``sigmas`` has the terminal 0 appended, as the scheduler keeps it)."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
-        config = self.pipeline.scheduler.config
-        scheduler = type(self.pipeline.scheduler).from_config(config)
-        mu = calculate_shift(
-            image_len,
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-        timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
+        scheduler, timesteps = flux_schedule(self.pipeline.scheduler, image_len, num_steps, self.device)
         return timesteps, scheduler.sigmas.to(self.device)
 
     def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, text: T2IText, image: T2IImage) -> torch.Tensor:
         """The transformer's output ``v`` at ``timestep`` (in [0, 1000]), exactly as the pipeline calls it."""
         batch = latents.shape[0]
-        guidance = None
-        if self.pipeline.transformer.config.guidance_embeds:
-            guidance = torch.full([1], self.guidance_scale, device=latents.device, dtype=torch.float32).expand(batch)
+        guidance = embedded_guidance(self.pipeline.transformer, self.guidance_scale, batch, latents.device)
         t = timestep.expand(batch).to(latents.dtype)
         return self.pipeline.transformer(
             hidden_states=latents,

@@ -30,6 +30,7 @@ from ..probing.recorder import ProbeRecorder, TokenLayout
 from ..text import align_prompt, count_tokens
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
+from .flux_inputs import FluxPipelineParts
 
 MAX_SEQUENCE_LENGTH = 512
 TEXT_ENCODER_LAYERS = (9, 18, 27)
@@ -98,7 +99,7 @@ def probes_installed(transformer, recorder: ProbeRecorder):
     )
 
 
-class Flux2KleinBackbone(Backbone):
+class Flux2KleinBackbone(FluxPipelineParts, Backbone):
     """FLUX.2 [klein] around a loaded ``Flux2KleinPipeline``.
 
     ``pipeline`` may hold real weights (``load_flux2_klein``) or a tiny random model
@@ -107,6 +108,7 @@ class Flux2KleinBackbone(Backbone):
 
     decodes_edits = True
     text_sees_image = False  # the text encoder reads the instruction only
+    text_row_tensors = ("embeds", "ids")
 
     def __init__(
         self,
@@ -119,26 +121,11 @@ class Flux2KleinBackbone(Backbone):
         """``max_sequence_length`` is the pipeline's argument of that name: the text stream is padded
         to it. Default: klein's 512, or the tokenizer's ``model_max_length`` where that is shorter
         (the toy shapes model declares 32, the length it was trained with)."""
-        self.pipeline = pipeline
+        self.bind_pipeline(pipeline, name, is_random, default_max_side)
         if max_sequence_length is None:
             declared = getattr(pipeline.tokenizer, "model_max_length", None) or MAX_SEQUENCE_LENGTH
             max_sequence_length = min(MAX_SEQUENCE_LENGTH, int(declared))
         self.max_sequence_length = max_sequence_length
-        self.default_max_side = default_max_side
-        self.name = name
-        self.is_random = is_random
-        transformer = pipeline.transformer
-        self.num_double_blocks = len(transformer.transformer_blocks)
-        self.num_single_blocks = len(transformer.single_transformer_blocks)
-        self.patch = pipeline.vae_scale_factor * 2
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipeline.transformer.dtype
 
     # -- image ---------------------------------------------------------------------------------
     def preprocess_geometry(self, size: tuple[int, int], max_side: int | None = None) -> ImageGeometry:
@@ -193,6 +180,9 @@ class Flux2KleinBackbone(Backbone):
             add_generation_prompt=True,
             enable_thinking=False,
         )
+
+    def text_settings(self) -> tuple[int]:
+        return (self.max_sequence_length,)
 
     def text_token_counts(self, instructions: Sequence[str]) -> tuple[list[int], int]:
         """Tokens of each chat-templated instruction, and :attr:`max_sequence_length`."""

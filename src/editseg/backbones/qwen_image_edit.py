@@ -40,7 +40,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 from diffusers.models.transformers.transformer_qwenimage import (
     QwenDoubleStreamAttnProcessor2_0,
@@ -57,6 +56,7 @@ from ..probing.recorder import ProbeRecorder, TokenLayout
 from ..text import PromptTokens, align_prompt
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, swapped_processors
+from .flux_inputs import flux_schedule
 
 VAE_AREA = 1024 * 1024  # QwenImageEditPipeline.__call__ and VAE_IMAGE_SIZE of the Plus pipeline
 CONDITION_AREA = 384 * 384  # CONDITION_IMAGE_SIZE of QwenImageEditPlusPipeline
@@ -146,6 +146,8 @@ class QwenImageEditBackbone(Backbone):
     ``vae_area`` / ``condition_area`` are the pipelines' target areas (1024² for the VAE image;
     384² for the image the VLM sees in the Plus pipeline); tests shrink them for tiny models.
     """
+
+    text_sees_image = True  # Qwen2.5-VL encodes the instruction with the image: never cached
 
     def __init__(
         self,
@@ -375,22 +377,10 @@ class QwenImageEditBackbone(Backbone):
         inputs = self.first_step_inputs(image, text, seed)
         if step_index == 0:
             return inputs
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift, retrieve_timesteps
-
         pipe = self.pipeline
-        config = pipe.scheduler.config
-        scheduler = type(pipe.scheduler).from_config(config)
         _, rows, cols = image.tensors["img_shapes"][0]
         noisy_len = rows * cols
-        mu = calculate_shift(
-            noisy_len,
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-        timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
+        scheduler, timesteps = flux_schedule(pipe.scheduler, noisy_len, num_steps, self.device)  # the same rule
         hidden = inputs["hidden_states"]
         key = self.trajectories.key(image, text, seed, num_steps)
         start, latents = self.trajectories.resume(key, step_index)  # a shared trajectory: resume

@@ -11,14 +11,13 @@ latents after the loop equal the img2img pipeline's (``strength = t / num_infere
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..components.loading import default_device, load_or_explain, resolve_source
+from ..components.loading import default_device, load_resolved
 from ..probing.cross_attention import CrossAttentionRecorder, probing_cross_attention
 
 SD15_ALIASES = {
@@ -132,16 +131,10 @@ class StableDiffusion15:
             return cls(pipeline, name=TINY_SD15, is_random=True, image_side=TINY_SD15_SIDE)
         from diffusers import StableDiffusionPipeline
 
-        source = resolve_source(model, SD15_ALIASES)
-
-        def load(src: str):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return StableDiffusionPipeline.from_pretrained(
-                    src, dtype=dtype, safety_checker=None, requires_safety_checker=False
-                )
-
-        pipeline = load_or_explain("Stable Diffusion 1.5 pipeline", model, source, load).to(device)
+        pipeline = load_resolved(
+            "Stable Diffusion 1.5 pipeline", model, SD15_ALIASES,
+            lambda src: StableDiffusionPipeline.from_pretrained(src, dtype=dtype, safety_checker=None, requires_safety_checker=False),
+        ).to(device)  # fmt: skip
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, name=model)
 

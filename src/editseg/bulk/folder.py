@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import EditsegError
 from ..images import DEFAULT_MAX_PIXELS, load_image
+from ..jsonl import JsonLineError, read_json_lines
 from ..masks import encode_rle, save_mask_png
 
 RECORDS_FORMAT = "editseg-segment-records/1"
@@ -130,37 +131,20 @@ def _relative(path: Path, base: Path) -> str:
 # -- records ----------------------------------------------------------------------------------------
 def read_records(path: Path, repair: bool = False) -> tuple[dict | None, list[dict]]:
     """``(header, records)``; a half-written last line is dropped (and cut with ``repair``)."""
-    if not path.is_file():
-        return None, []
-    data = path.read_bytes()
-    lines = data.splitlines(keepends=True)
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    header, records, offset, cut = None, [], 0, None
-    for number, line in enumerate(lines):
-        start, offset = offset, offset + len(line)
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            if number == last:
-                warnings.warn(f"{path}:{number + 1}: dropping a half-written last line", stacklevel=2)
-                cut = start
-                break
-            raise FolderError(f"{path}:{number + 1}: not a JSON line; the records file is damaged.") from None
+    try:
+        lines, dropped = read_json_lines(path, repair)
+    except JsonLineError as bad:
+        raise FolderError(f"{bad.path}:{bad.line}: not a JSON line; the records file is damaged.") from None
+    if dropped is not None:
+        warnings.warn(f"{path}:{dropped[0]}: dropping a half-written last line", stacklevel=2)
+    header, records = None, []
+    for _, value in lines:
         if header is None:
             if not isinstance(value, dict) or value.get("format") != RECORDS_FORMAT:
                 raise FolderError(f"{path} is not an editseg segment records file ({RECORDS_FORMAT}).")
             header = value
         else:
             records.append(value)
-    if repair:
-        if cut is not None:
-            with path.open("r+b") as handle:
-                handle.truncate(cut)
-        elif data and not data.endswith(b"\n"):
-            with path.open("ab") as handle:
-                handle.write(b"\n")
     return header, records
 
 

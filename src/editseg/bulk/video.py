@@ -164,12 +164,20 @@ class VideoWriter:
 def text_encoded_once(segmenter: Any) -> Iterator[dict]:
     """Within the block, the segmenter's backbone encodes each distinct (expressions, instructions)
     batch once and reuses it for every image, where its text encoder ignores the image. Yields the
-    cache (empty and unused otherwise)."""
+    cache (empty and unused otherwise). The clip's cache stands in for the segmenter's own
+    text-encoding cache (:class:`~editseg.backbones.text_cache.TextEncodingCache`) during the block,
+    so that every batch the clip needs reaches ``encode_text`` once."""
     cache: dict = {}
     backbone = getattr(segmenter, "backbone", None)
     if backbone is None or getattr(backbone, "text_sees_image", True):
         yield cache
         return
+    method = getattr(segmenter, "method", None)
+    shared = getattr(method, "text_cache", None)
+    if shared is not None:
+        from ..backbones.text_cache import TextEncodingCache
+
+        method.text_cache = TextEncodingCache(0)
     encode = backbone.encode_text
     shadowed = vars(backbone).get("encode_text")  # an instance-level wrapper already there, if any
 
@@ -183,6 +191,8 @@ def text_encoded_once(segmenter: Any) -> Iterator[dict]:
     try:
         yield cache
     finally:
+        if shared is not None:
+            method.text_cache = shared
         if shadowed is None:
             del backbone.encode_text
         else:

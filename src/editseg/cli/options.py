@@ -61,6 +61,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     group.add_argument("--offload", default="none", choices=["none", "model", "sequential"], help="CPU offload: none; model (components move to the GPU in turn); sequential (layer by layer, least memory)")
     group.add_argument("--batch-size", type=int, default=8, help="expressions per transformer forward (default: 8)")
+    group.add_argument("--text-cache", type=int, default=None, metavar="N", help="early grounding: keep the text encodings of the N most recent instructions for reuse on any image, on models whose text encoder does not see the image (FLUX.2 klein, FLUX.1 Kontext); 0 disables (default: 256)")
     group.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this (default: 50,000,000)")
     group.add_argument("--reduce-large", action="store_true", help="decode images above --max-pixels reduced by a power of two (JPEG at 1/2, 1/4, 1/8 directly) instead of refusing them; outputs are then at the reduced size")
     group.add_argument("--max-side", type=int, default=None, help="shrink the input so its longer side is at most this many pixels before the model's own resize rule (masks stay at input resolution; default: none, 128 for tiny-random-flux2)")
@@ -164,6 +165,10 @@ def segmenter_from_args(args: argparse.Namespace):
         if options:
             raise ConfigError("--method-option is for methods other than early-grounding (use its own flags).")
         options = {"config": config, "batch_size": args.batch_size, "max_side": args.max_side}
+        if getattr(args, "text_cache", None) is not None:
+            if args.text_cache < 0:
+                raise ConfigError(f"--text-cache must be 0 (off) or more, got {args.text_cache}.")
+            options["text_cache_size"] = args.text_cache
     elif args.method == "rlfseg":
         options = {**options, "lora": args.lora, "sampler": args.sampler}
     sam_model = getattr(args, "sam_model", None)

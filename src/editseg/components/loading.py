@@ -53,16 +53,25 @@ def load_or_explain(kind: str, name: str, source: str, load: Callable[[str], T])
         ) from None
 
 
+def load_resolved(kind: str, name: str, aliases: Mapping[str, str], load: Callable[[str], T]) -> T:
+    """``load(source)`` for ``name`` resolved through ``aliases`` (:func:`resolve_source`), with
+    :func:`load_or_explain`'s error when weights are missing. transformers' and diffusers' notices
+    (e.g. the PIL-backend fallback without torchvision) are silenced."""
+
+    def quiet(source: str) -> T:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load(source)
+
+    return load_or_explain(kind, name, resolve_source(name, aliases), quiet)
+
+
 def load_model_and_processor(
     kind: str, name: str, aliases: Mapping[str, str], model_class, processor_class, dtype: torch.dtype
 ):
-    """``(model_class.from_pretrained, processor_class.from_pretrained)`` of ``name`` resolved through
-    ``aliases`` (:func:`resolve_source`), with :func:`load_or_explain`'s error when weights are missing.
-    transformers' notices (e.g. the PIL-backend fallback without torchvision) are silenced."""
-
-    def load(source: str):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return model_class.from_pretrained(source, dtype=dtype), processor_class.from_pretrained(source)
-
-    return load_or_explain(kind, name, resolve_source(name, aliases), load)
+    """``(model_class.from_pretrained, processor_class.from_pretrained)`` of ``name`` through
+    :func:`load_resolved`."""
+    return load_resolved(
+        kind, name, aliases,
+        lambda source: (model_class.from_pretrained(source, dtype=dtype), processor_class.from_pretrained(source)),
+    )  # fmt: skip

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EditsegError
+from ..jsonl import JsonLineError, read_json_lines
 
 __all__ = [
     "RECORDS_FORMAT",
@@ -67,40 +68,15 @@ def read_jsonl(path: str | Path, repair: bool = False) -> list[tuple[int, dict[s
     from the file (a missing final newline is added too). Any other bad line raises
     :class:`EvaluationError` naming it.
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    lines = data.splitlines(keepends=True)
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    found: list[tuple[int, dict[str, Any]]] = []
-    offset = 0
-    cut_at: int | None = None
-    for index, line in enumerate(lines):
-        start, offset = offset, offset + len(line)
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-            if not isinstance(value, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as error:
-            if index == last:
-                warnings.warn(f"{path}:{index + 1}: dropping a truncated last line ({error})", stacklevel=3)
-                cut_at = start
-                break
-            raise EvaluationError(
-                f"{path}:{index + 1}: not a valid record line ({error}). The other lines are intact: delete "
-                f"that one (e.g. sed -i '{index + 1}d' '{path}') and run again to redo its sample."
-            ) from None
-        found.append((index + 1, value))
-    if repair:
-        if cut_at is not None:
-            with path.open("r+b") as handle:
-                handle.truncate(cut_at)
-        elif data and not data.endswith(b"\n"):
-            with path.open("ab") as handle:
-                handle.write(b"\n")
+    try:
+        found, dropped = read_json_lines(path, repair, objects_only=True)
+    except JsonLineError as bad:
+        raise EvaluationError(
+            f"{bad.path}:{bad.line}: not a valid record line ({bad.reason}). The other lines are intact: delete "
+            f"that one (e.g. sed -i '{bad.line}d' '{bad.path}') and run again to redo its sample."
+        ) from None
+    if dropped is not None:
+        warnings.warn(f"{Path(path)}:{dropped[0]}: dropping a truncated last line ({dropped[1]})", stacklevel=3)
     return found
 
 

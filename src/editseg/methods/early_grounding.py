@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..backbones import TOY_SHAPES, load_backbone
 from ..backbones.base import RANDOM_WEIGHTS_NOTICE, Backbone, EncodedText, PreparedImage
+from ..backbones.text_cache import DEFAULT_TEXT_CACHE_ENTRIES, TextEncodingCache
 from ..config import MethodConfig
 from ..errors import ConfigError, ExpressionError
 from ..geometry import ImageGeometry
@@ -152,6 +153,10 @@ class EarlyGroundingMethod(Method):
     ``layout_override`` and ``prompt_indices`` exist for diagnostics (deliberately broken variants
     whose scores must drop): they replace the token layout the probes read and the text positions
     counted as the prompt.
+
+    ``text_cache_size``: instruction encodings kept for reuse across images and calls where the
+    backbone's text encoder ignores the image (:class:`~editseg.backbones.text_cache.TextEncodingCache`;
+    0 disables it). Results are bit-identical with and without it.
     """
 
     name: ClassVar[str] = "early-grounding"
@@ -167,6 +172,7 @@ class EarlyGroundingMethod(Method):
         *,
         layout_override: LayoutOverride | None = None,
         prompt_indices: PromptIndices | None = None,
+        text_cache_size: int = DEFAULT_TEXT_CACHE_ENTRIES,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size!r}.")
@@ -177,6 +183,9 @@ class EarlyGroundingMethod(Method):
         self.max_side = validate_max_side(max_side)
         self.layout_override = layout_override
         self.prompt_indices = prompt_indices
+        # encodings of single instructions, reused where the backbone's text encoder ignores the image
+        # (text_cache_size=0 disables it; see editseg.backbones.text_cache)
+        self.text_cache = TextEncodingCache(text_cache_size)
         self.sam = None  # a SamComponent for config.refine == "sam" (editseg's extension)
         self.image: PreparedImage | None = None
         self.image_seconds = 0.0
@@ -196,7 +205,7 @@ class EarlyGroundingMethod(Method):
     ) -> "EarlyGroundingMethod":
         """Load ``model`` (name, hub id or local folder; default toy-shapes) with
         :func:`~editseg.backbones.load_backbone`. ``options``: ``config``, ``batch_size``,
-        ``instruction_refiner``, ``max_side``. ``components`` may name the ``editing-dit`` only."""
+        ``instruction_refiner``, ``max_side``, ``text_cache_size``. ``components`` may name the ``editing-dit`` only."""
         components = dict(components or {})
         config = options.get("config") or MethodConfig()
         sam_model = components.pop("sam", None) if config.refine == "sam" else None  # --refine sam (our extension)
@@ -354,7 +363,7 @@ class EarlyGroundingMethod(Method):
                 text, token_sets = reuse_text.text, reuse_text.token_sets
             else:
                 instructions = [self.instruction_for(e, head) for e in expressions]
-                text = backbone.encode_text(expressions, instructions, image=image)
+                text = self.text_cache.encode(backbone, expressions, instructions, image=image)
                 token_sets = [self._prompt_indices(p, head.prompt_tokens) for p in text.prompts]
             text_seconds = _elapsed(start, device)
             prompt_mask = torch.zeros(len(expressions), text.text_len)

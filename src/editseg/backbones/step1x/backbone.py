@@ -34,6 +34,8 @@ PAPER_FEATURE_BLOCK = 40  # paper: feature block 40 of 57 (0-based, global) on S
 class Step1XEditBackbone(Backbone):
     """Step1X-Edit around a :class:`~editseg.backbones.step1x.pipeline.Step1XPipeline`."""
 
+    text_sees_image = True  # its Qwen2.5-VL encodes the instruction with the image: never cached
+
     def __init__(self, pipeline, name: str, is_random: bool = False, default_max_side: int | None = None) -> None:
         self.pipeline = pipeline
         self.name = name
