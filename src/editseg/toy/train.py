@@ -6,14 +6,15 @@ ids, the chat template padded with the pad token, and the joint sequence
 ``[text | noisy target tokens | clean source tokens]`` with timestep ``sigma``.
 
 Objective: ``x_t = (1 - t) x0 + t noise`` with ``x0`` the edited image's latents; the transformer
-predicts the velocity ``noise - x0`` on the noisy tokens. ``t_sampling``: "mixed" (default) draws
-``t = 1`` (the first denoising step, which editseg reads) with probability ``p_first_step`` and
-otherwise ``t = sigmoid(N(0, 1))`` (logit-normal); "first-step" uses ``U(0, 1)`` instead of the
-logit-normal; "logit-normal" never forces ``t = 1``.
+predicts the velocity ``noise - x0`` on the noisy tokens. ``t_sampling``: "logit-normal" (default,
+v4's) draws ``t = sigmoid(N(0, 1))`` and never forces ``t = 1``; "mixed" draws ``t = 1`` (the first
+denoising step, which editseg reads) with probability ``p_first_step`` and otherwise logit-normal
+(v3's; it trains a better first-step editor whose clean stream ignores the words, MODEL_CARD.md);
+"first-step" uses ``U(0, 1)`` instead of the logit-normal.
 Tokens covering the edited object get weight ``1 + changed_weight`` in the squared error.
 World: the "train" split of the ``world_tier`` tier's world (its geometry and expression kinds).
 Curriculum (optional): the first ``curriculum_steps`` steps draw attribute-only expressions.
-``init_from`` starts from another toy pipeline (``editseg.toy.warm_start``; v3 starts from v2).
+``init_from`` starts from another toy pipeline (``editseg.toy.warm_start``; v3 started from v2, v4 from scratch).
 
 The text stream is padded to the model's ``text_length`` (16 tokens, the tokenizer's
 ``model_max_length``, which ``Flux2KleinBackbone`` pads to at inference).
