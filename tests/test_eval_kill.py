@@ -117,3 +117,22 @@ def test_eval_killed_at_random_points_resumes_without_loss_or_double_counting(tm
             expected[record["id"]]["intersection"], expected[record["id"]]["union"], expected[record["id"]]["point_hit"]
         ), record["id"]
     assert summary["metrics"] == reference["metrics"]
+
+
+def test_ctrl_c_stops_an_evaluation_at_the_next_sample_boundary():
+    """The first SIGINT only marks the run (so it cannot be swallowed mid-sample), ``check`` raises at
+    the boundary, a second SIGINT raises at once, and the previous handler comes back."""
+    from editseg.evaluation.records import InterruptBetweenSamples
+
+    before = signal.getsignal(signal.SIGINT)
+    with InterruptBetweenSamples() as interrupt:
+        interrupt.check()  # nothing pending
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -72,6 +72,7 @@ from .records import (
     INFORMATIONAL_SETTINGS,
     RECORDS_FORMAT,
     EvaluationError,
+    InterruptBetweenSamples,
     SettingsMismatchError,
     check_resumable,
     compare_settings,
@@ -333,7 +334,7 @@ def evaluate(
     mask_dir = records_path.parent / "masks"
     started = time.perf_counter()
 
-    with records_path.open("a", encoding="utf-8") as handle, tqdm(
+    with InterruptBetweenSamples() as interrupt, records_path.open("a", encoding="utf-8") as handle, tqdm(
         total=len(selection), initial=len(selection) - len(todo), unit="sample",
         desc=f"eval {settings['dataset']} {settings['split']}".rstrip(), disable=not progress, dynamic_ncols=True,
     ) as bar:  # fmt: skip
@@ -357,6 +358,7 @@ def evaluate(
             os.fsync(handle.fileno())
             records.extend(new)
             bar.update(len(group))
+            interrupt.check()  # Ctrl-C stops here, with every finished sample on disk
 
     recorded = {r["id"] for r in records}
     selected_ids = {s.sample_id for s in selection}
