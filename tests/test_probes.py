@@ -15,6 +15,17 @@ from editseg.probing.recorder import TokenLayout, clean_token_attention_statisti
 from reference import attention_output, capture_dispatch, expression_plan, full_attention, naive_maps
 
 
+def assert_equals_naive_eqs_3_4(cam, ram, q, k, keep, layout, weights):
+    """CAM/RAM equal the literal eqs. 3-4 on the float64 head-mean attention (``full_attention``)."""
+    A = full_attention(q, k, keep).mean(dim=1)  # head mean, float64
+    v = layout.clean
+    c = A[:, v, : layout.text_len] @ weights.double()[..., None]
+    A_vv = A[:, v, v]
+    r = (A_vv / A_vv.sum(-1, keepdim=True)) @ c
+    torch.testing.assert_close(cam.double(), c[..., 0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ram.double(), r[..., 0], rtol=1e-5, atol=1e-7)
+
+
 def capture_reference_qkv(store: list):
     return capture_dispatch(flux2_module, store)
 
@@ -147,16 +158,9 @@ def test_lse_route_is_taken_on_cpu_and_equals_naive_with_weights_and_key_mask(ti
     ).transpose(1, 2)
     assert torch.equal(out, reference_out)  # the kernel the bare call runs
     cam, ram = probes.statistics_from_lse(q, k, lse, layout, weights, keep)
-    A = full_attention(q, k, keep).mean(dim=1)  # head mean, float64
-    v = layout.clean
-    c = A[:, v, : layout.text_len] @ weights.double()[..., None]
-    A_vv = A[:, v, v]
-    r = (A_vv / A_vv.sum(-1, keepdim=True)) @ c
-    torch.testing.assert_close(cam.double(), c[..., 0], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ram.double(), r[..., 0], rtol=1e-5, atol=1e-7)
+    assert_equals_naive_eqs_3_4(cam, ram, q, k, keep, layout, weights)
     with pytest.raises(ValueError, match="non-negative"):
         probes.statistics_from_lse(q, k, lse, layout, -weights, keep)
-
 
 
 @pytest.mark.parametrize("per_head", [True, False])
@@ -176,10 +180,4 @@ def test_lse_route_in_row_blocks_equals_naive(monkeypatch, per_head):
     keep[0, 1, :, layout.text_len + layout.noisy_len + 2] = False  # one clean key hidden from one head
     _, lse = probes.native_attend_lse(q, k, k, keep)
     cam, ram = probes.statistics_from_lse(q, k, lse, layout, weights, keep)
-    A = full_attention(q, k, keep).mean(dim=1)
-    v = layout.clean
-    c = A[:, v, : layout.text_len] @ weights.double()[..., None]
-    A_vv = A[:, v, v]
-    r = (A_vv / A_vv.sum(-1, keepdim=True)) @ c
-    torch.testing.assert_close(cam.double(), c[..., 0], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ram.double(), r[..., 0], rtol=1e-5, atol=1e-7)
+    assert_equals_naive_eqs_3_4(cam, ram, q, k, keep, layout, weights)
