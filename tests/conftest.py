@@ -29,6 +29,16 @@ def tiny_backbone(tiny_pipeline):
     return Flux2KleinBackbone(tiny_pipeline, name="tiny-random-flux2", is_random=True)
 
 
+@pytest.fixture(scope="module")
+def seg(tiny_backbone):
+    """A ``Segmenter`` over the tiny random klein backbone (one per test module)."""
+    from editseg import Segmenter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Segmenter(tiny_backbone)
+
+
 @pytest.fixture()
 def segmenter(tiny_backbone):
     from editseg import Segmenter

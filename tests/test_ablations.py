@@ -35,15 +35,6 @@ PANEL = (200, 150)
 
 
 @pytest.fixture(scope="module")
-def seg(tiny_backbone):
-    from editseg import Segmenter
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Segmenter(tiny_backbone)
-
-
-@pytest.fixture(scope="module")
 def data():
     return shapes_benchmark_dataset(2)
 

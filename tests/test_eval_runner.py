@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +49,6 @@ def scaled_refer_fixture(root: Path, factor: int = 4):
         with Image.open(file) as image:
             image.resize((image.width * factor, image.height * factor), Image.NEAREST).save(file, format="JPEG")
     return fixture
-
-
-@pytest.fixture(scope="module")
-def seg(tiny_backbone):
-    from editseg import Segmenter
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Segmenter(tiny_backbone)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ take (18, 4), a corrupt record in the middle of a file (17)."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 
@@ -14,15 +13,6 @@ from editseg.data.shapes import save_samples_as_manifest, shapes_benchmark
 from editseg.evaluation.runner import EvaluationError, evaluate, read_records
 
 LONG = " ".join(["zebra"] * 600)
-
-
-@pytest.fixture(scope="module")
-def seg(tiny_backbone):
-    from editseg import Segmenter
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Segmenter(tiny_backbone)
 
 
 @pytest.fixture(scope="module")
