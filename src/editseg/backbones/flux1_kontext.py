@@ -39,6 +39,7 @@ from ..text import align_prompt, count_tokens
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 from .flux_inputs import FluxPipelineParts, embedded_guidance, flux_schedule, t5_encode
+from .trajectory import denoised_step_inputs
 
 MAX_SEQUENCE_LENGTH = 512  # the pipeline's default (and maximum) T5 length
 MAX_AREA = 1024 * 1024  # the pipeline's default ``max_area`` for the generated canvas
@@ -267,26 +268,12 @@ class FluxKontextBackbone(FluxPipelineParts, Backbone):
         inputs = self.first_step_inputs(image, text, seed)
         if step_index == 0:
             return inputs
-        pipe = self.pipeline
         layout = self.layout_for(image, text)
-        scheduler, timesteps = flux_schedule(pipe.scheduler, layout.noisy_len, num_steps, self.device)
+        scheduler, timesteps = flux_schedule(self.pipeline.scheduler, layout.noisy_len, num_steps, self.device)
         key = self.trajectories.key(image, text, seed, num_steps)
-        start, latents = self.trajectories.resume(key, step_index)  # a shared trajectory: resume
-        if latents is None:
-            latents = inputs["hidden_states"][:, : layout.noisy_len].clone()
-        scheduler.set_begin_index(start)
-        clean = inputs["hidden_states"][:, layout.noisy_len :]
-        batch = latents.shape[0]
-        with torch.inference_mode():
-            for t in timesteps[start:step_index]:
-                step = dict(inputs, hidden_states=torch.cat([latents, clean], dim=1))
-                step["timestep"] = t.expand(batch).to(latents.dtype) / 1000
-                velocity = pipe.transformer(**step, return_dict=False)[0][:, : layout.noisy_len]
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        self.trajectories.store(key, step_index, latents)
-        inputs["hidden_states"] = torch.cat([latents, clean], dim=1)
-        inputs["timestep"] = timesteps[step_index].expand(batch).to(latents.dtype) / 1000
-        return inputs
+        return denoised_step_inputs(
+            self.pipeline.transformer, self.trajectories, key, inputs, layout.noisy_len, scheduler, timesteps, step_index
+        )
 
     def layout_for(self, image: PreparedImage, text: EncodedText) -> TokenLayout:
         canvas_w, canvas_h = self.canvas_size(image.geometry)

@@ -31,6 +31,7 @@ from ..text import align_prompt, count_tokens
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, flux_joint_qkv, swapped_processors
 from .flux_inputs import FluxPipelineParts
+from .trajectory import denoised_step_inputs
 
 MAX_SEQUENCE_LENGTH = 512
 TEXT_ENCODER_LAYERS = (9, 18, 27)
@@ -288,30 +289,27 @@ class Flux2KleinBackbone(FluxPipelineParts, Backbone):
         sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
         mu = compute_empirical_mu(image_seq_len=noisy_len, num_steps=num_steps)
         timesteps, _ = retrieve_timesteps(scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
-        hidden, clean = inputs["hidden_states"][:, :noisy_len], inputs["hidden_states"][:, noisy_len:]
-        batch = hidden.shape[0]
-        key = self.trajectories.key(image, text, seed, num_steps)
-        start, latents = self.trajectories.resume(key, step_index)  # a shared trajectory: resume
-        latents = hidden.clone() if latents is None else latents
-        scheduler.set_begin_index(start)
-        negative = None
-        guidance_scale = GUIDANCE_SCALE if not pipe.config.is_distilled else 1.0
-        if guidance_scale > 1 and start < step_index:
+        batch = inputs["hidden_states"].shape[0]
+
+        def negative_inputs() -> dict:
             negative = self.encode_text([""] * batch, [""] * batch, align=False).tensors
-        with torch.inference_mode():
-            for t in timesteps[start:step_index]:
-                step = dict(inputs, hidden_states=torch.cat([latents, clean], dim=1).to(pipe.transformer.dtype))
-                step["timestep"] = (t.expand(batch) / 1000).to(latents.dtype)
-                velocity = pipe.transformer(**step, return_dict=False)[0][:, :noisy_len]
-                if negative is not None:
-                    step.update(encoder_hidden_states=negative["embeds"], txt_ids=negative["ids"])
-                    uncond = pipe.transformer(**step, return_dict=False)[0][:, :noisy_len]
-                    velocity = uncond + guidance_scale * (velocity - uncond)
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        self.trajectories.store(key, step_index, latents)
-        inputs["hidden_states"] = torch.cat([latents, clean], dim=1).to(pipe.transformer.dtype)
-        inputs["timestep"] = (timesteps[step_index].expand(batch) / 1000).to(latents.dtype)
-        return inputs
+            return {"encoder_hidden_states": negative["embeds"], "txt_ids": negative["ids"]}
+
+        key = self.trajectories.key(image, text, seed, num_steps)
+        return denoised_step_inputs(
+            pipe.transformer,
+            self.trajectories,
+            key,
+            inputs,
+            noisy_len,
+            scheduler,
+            timesteps,
+            step_index,
+            hidden_dtype=pipe.transformer.dtype,
+            scale_then_cast=True,
+            guidance_scale=GUIDANCE_SCALE if not pipe.config.is_distilled else 1.0,
+            negative_inputs=negative_inputs,
+        )
 
     def first_step_clean_estimate(self, image: PreparedImage, text: EncodedText, seed: int = 0) -> torch.Tensor:
         """The edited image the model predicts at the first step, as packed latent tokens:

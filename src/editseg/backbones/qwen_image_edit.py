@@ -57,6 +57,7 @@ from ..text import PromptTokens, align_prompt
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, swapped_processors
 from .flux_inputs import flux_schedule
+from .trajectory import denoised_step_inputs
 
 VAE_AREA = 1024 * 1024  # QwenImageEditPipeline.__call__ and VAE_IMAGE_SIZE of the Plus pipeline
 CONDITION_AREA = 384 * 384  # CONDITION_IMAGE_SIZE of QwenImageEditPlusPipeline
@@ -377,28 +378,13 @@ class QwenImageEditBackbone(Backbone):
         inputs = self.first_step_inputs(image, text, seed)
         if step_index == 0:
             return inputs
-        pipe = self.pipeline
         _, rows, cols = image.tensors["img_shapes"][0]
         noisy_len = rows * cols
-        scheduler, timesteps = flux_schedule(pipe.scheduler, noisy_len, num_steps, self.device)  # the same rule
-        hidden = inputs["hidden_states"]
+        scheduler, timesteps = flux_schedule(self.pipeline.scheduler, noisy_len, num_steps, self.device)  # the same rule
         key = self.trajectories.key(image, text, seed, num_steps)
-        start, latents = self.trajectories.resume(key, step_index)  # a shared trajectory: resume
-        if latents is None:
-            latents = hidden[:, :noisy_len].clone()
-        scheduler.set_begin_index(start)
-        clean = hidden[:, noisy_len:]
-        batch = latents.shape[0]
-        with torch.inference_mode():
-            for t in timesteps[start:step_index]:
-                step = dict(inputs, hidden_states=torch.cat([latents, clean], dim=1))
-                step["timestep"] = t.expand(batch).to(latents.dtype) / 1000
-                velocity = pipe.transformer(**step, return_dict=False)[0][:, :noisy_len]
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        self.trajectories.store(key, step_index, latents)
-        inputs["hidden_states"] = torch.cat([latents, clean], dim=1)
-        inputs["timestep"] = timesteps[step_index].expand(batch).to(latents.dtype) / 1000
-        return inputs
+        return denoised_step_inputs(
+            self.pipeline.transformer, self.trajectories, key, inputs, noisy_len, scheduler, timesteps, step_index
+        )
 
     def layout_for(self, image: PreparedImage, text: EncodedText) -> TokenLayout:
         clean = image.tensors["latents"].shape[1]

@@ -6,11 +6,13 @@ sharing each one re-runs the trajectory from step 0 (``Σ t`` transformer forwar
 ``max t``). :class:`TrajectoryCache` keeps the latents reached at each probed step of the latest
 trajectory so that a later, larger ``t`` resumes from the closest earlier one. Resuming runs the
 same forwards on the same tensors, so the result equals a run from scratch bit for bit (tested).
+:func:`denoised_step_inputs` is that resumable denoising loop, written once for the families
+whose joint sequence is ``[text | noisy | clean]`` (FLUX.1 Kontext, FLUX.2 [klein], Qwen-Image-Edit).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -70,3 +72,63 @@ def _same_text(a: Any, b: Any) -> bool:
         elif value is not other:
             return False
     return True
+
+
+def denoised_step_inputs(
+    transformer: Any,
+    trajectories: TrajectoryCache,
+    key: tuple[Any, ...],
+    inputs: dict[str, Any],
+    noisy_len: int,
+    scheduler: Any,
+    timesteps: torch.Tensor,
+    step_index: int,
+    *,
+    hidden_dtype: torch.dtype | None = None,
+    scale_then_cast: bool = False,
+    guidance_scale: float = 1.0,
+    negative_inputs: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``inputs`` (the first step's transformer kwargs, hidden states ``[noisy | clean]``) moved to
+    step ``step_index`` of ``timesteps``: the noisy tokens are denoised with ``scheduler`` (already
+    set to ``timesteps``) from the latest step of this trajectory in ``trajectories`` (``key``),
+    or from step 0, and the step reached is stored. The clean tokens stay as they are.
+
+    Family differences: ``hidden_dtype`` casts the joint hidden states (FLUX.2 casts to the
+    transformer's dtype); the timestep input is ``t / 1000`` of ``t`` cast to the latents' dtype, or
+    with ``scale_then_cast`` divided first (FLUX.2); with ``guidance_scale > 1`` and
+    ``negative_inputs`` (kwargs replacing the text inputs, e.g. an empty prompt's, built before the
+    first forward and only if one runs) classifier-free guidance ``u + s (c - u)``."""
+    start, latents = trajectories.resume(key, step_index)  # a shared trajectory: resume
+    if latents is None:
+        latents = inputs["hidden_states"][:, :noisy_len].clone()
+    scheduler.set_begin_index(start)
+    clean = inputs["hidden_states"][:, noisy_len:]
+    batch = latents.shape[0]
+
+    def joint(noisy: torch.Tensor) -> torch.Tensor:
+        hidden = torch.cat([noisy, clean], dim=1)
+        return hidden if hidden_dtype is None else hidden.to(hidden_dtype)
+
+    def model_timestep(t: torch.Tensor) -> torch.Tensor:
+        if scale_then_cast:
+            return (t.expand(batch) / 1000).to(latents.dtype)
+        return t.expand(batch).to(latents.dtype) / 1000
+
+    negative = None
+    if negative_inputs is not None and guidance_scale > 1 and start < step_index:
+        negative = negative_inputs()
+    with torch.inference_mode():
+        for t in timesteps[start:step_index]:
+            step = dict(inputs, hidden_states=joint(latents))
+            step["timestep"] = model_timestep(t)
+            velocity = transformer(**step, return_dict=False)[0][:, :noisy_len]
+            if negative is not None:
+                step.update(negative)
+                uncond = transformer(**step, return_dict=False)[0][:, :noisy_len]
+                velocity = uncond + guidance_scale * (velocity - uncond)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+    trajectories.store(key, step_index, latents)
+    inputs["hidden_states"] = joint(latents)
+    inputs["timestep"] = model_timestep(timesteps[step_index])
+    return inputs
