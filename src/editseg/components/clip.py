@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ConfigError
-from .loading import default_device, load_model_and_processor
+from .loading import PretrainedComponent
 from .tiny import TINY_CLIP, build_tiny_clip
 
 CLIP_ALIASES = {
@@ -60,39 +60,20 @@ def patch_coverage(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0].flatten(1)
 
 
-class ClipComponent:
+class ClipComponent(PretrainedComponent):
     """CLIP image/text embeddings for scoring mask proposals against an expression."""
 
     kind = "clip"
-
-    def __init__(self, model, processor, name: str = "", is_random: bool = False):
-        self.model = model.eval()
-        self.processor = processor
-        self.name = name
-        self.is_random = is_random
 
     @classmethod
     def from_pretrained(
         cls, model: str = DEFAULT_CLIP, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> "ClipComponent":
         """Load CLIP weights (hub id, alias such as ``clip-vit-base-patch16``, local folder or ``tiny-random-clip``)."""
-        device = default_device(device)
-        dtype = dtype or torch.float32
-        if model == TINY_CLIP:
-            clip, processor = build_tiny_clip()
-            return cls(clip.to(device=device, dtype=dtype), processor, name=TINY_CLIP, is_random=True)
-        from transformers import CLIPModel, CLIPProcessor
-
-        clip, processor = load_model_and_processor("CLIP model", model, CLIP_ALIASES, CLIPModel, CLIPProcessor, dtype)
-        return cls(clip.to(device), processor, name=model)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return cls.load(
+            model, device, dtype, label="CLIP model", aliases=CLIP_ALIASES,
+            classes=("CLIPModel", "CLIPProcessor"), tiny=TINY_CLIP, build_tiny=build_tiny_clip,
+        )  # fmt: skip
 
     @property
     def vision(self):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import torch
 
 from ..errors import OFFLINE_HINT, ModelNotFoundError
 
 T = TypeVar("T")
+C = TypeVar("C", bound="PretrainedComponent")
 
 
 def default_device(device: str | torch.device | None) -> torch.device:
@@ -75,3 +76,53 @@ def load_model_and_processor(
         kind, name, aliases,
         lambda source: (model_class.from_pretrained(source, dtype=dtype), processor_class.from_pretrained(source)),
     )  # fmt: skip
+
+
+class PretrainedComponent:
+    """A component around a transformers ``model`` (kept in eval mode) and its ``processor``.
+
+    Subclasses (SAM, CLIP) load themselves with :meth:`load`: a hub id, alias or local folder
+    through :func:`load_model_and_processor`, or their built-in tiny random model."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, model, processor, name: str = "", is_random: bool = False):
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+        self.is_random = is_random
+
+    @classmethod
+    def load(
+        cls: type[C],
+        model: str,
+        device: str | torch.device | None,
+        dtype: torch.dtype | None,
+        *,
+        label: str,
+        aliases: Mapping[str, str],
+        classes: tuple[str, str],
+        tiny: str,
+        build_tiny: Callable[[], tuple[Any, Any]],
+    ) -> C:
+        """``model`` on ``device`` (default :func:`default_device`) in ``dtype`` (default float32):
+        the tiny random model when ``model`` is ``tiny``, else ``classes`` (transformers' model and
+        processor class names) from pretrained, with the missing-weights error naming ``label``."""
+        device = default_device(device)
+        dtype = dtype or torch.float32
+        if model == tiny:
+            module, processor = build_tiny()
+            return cls(module.to(device=device, dtype=dtype), processor, name=tiny, is_random=True)
+        import transformers
+
+        model_class, processor_class = (getattr(transformers, name) for name in classes)
+        module, processor = load_model_and_processor(label, model, aliases, model_class, processor_class, dtype)
+        return cls(module.to(device), processor, name=model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype

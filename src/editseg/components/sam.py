@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from .loading import default_device, load_model_and_processor
+from .loading import PretrainedComponent
 from .tiny import TINY_SAM, build_tiny_sam
 
 SAM_ALIASES = {
@@ -133,16 +133,13 @@ def best_mask(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, float]
     return masks[index], float(scores[index])
 
 
-class SamComponent:
+class SamComponent(PretrainedComponent):
     """A SAM predictor: encode an image once, then prompt it with points, boxes or a point grid."""
 
     kind = "sam"
 
     def __init__(self, model, processor, name: str = "", is_random: bool = False):
-        self.model = model.eval()
-        self.processor = processor
-        self.name = name
-        self.is_random = is_random
+        super().__init__(model, processor, name, is_random)
         self._embeddings: torch.Tensor | None = None
         self._original: tuple[int, int] | None = None  # (H, W)
         self._reshaped: tuple[int, int] | None = None  # (h, w) inside the padded model input
@@ -152,23 +149,10 @@ class SamComponent:
         cls, model: str = DEFAULT_SAM, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> "SamComponent":
         """Load SAM weights (hub id, alias such as ``sam-vit-base``, local folder or ``tiny-random-sam``)."""
-        device = default_device(device)
-        dtype = dtype or torch.float32
-        if model == TINY_SAM:
-            sam, processor = build_tiny_sam()
-            return cls(sam.to(device=device, dtype=dtype), processor, name=TINY_SAM, is_random=True)
-        from transformers import SamModel, SamProcessor
-
-        sam, processor = load_model_and_processor("SAM model", model, SAM_ALIASES, SamModel, SamProcessor, dtype)
-        return cls(sam.to(device), processor, name=model)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return cls.load(
+            model, device, dtype, label="SAM model", aliases=SAM_ALIASES,
+            classes=("SamModel", "SamProcessor"), tiny=TINY_SAM, build_tiny=build_tiny_sam,
+        )  # fmt: skip
 
     @property
     def input_side(self) -> int:
