@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
+from ..interrupts import DeferredInterrupt
 from ..masks import encode_rle, save_mask_png
 from ..results import SegmentationResult
 from ..viz import heatmap, overlay
@@ -142,14 +141,6 @@ def write_result(
 @contextmanager
 def deferred_interrupt() -> Iterator[None]:
     """Hold back SIGINT (Ctrl-C) inside the block and deliver it as KeyboardInterrupt right after."""
-    if threading.current_thread() is not threading.main_thread():
+    with DeferredInterrupt() as interrupt:
         yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
+    interrupt.check()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EditsegError
+from ..interrupts import DeferredInterrupt
 from ..jsonl import JsonLineError, read_json_lines
 
 __all__ = [
@@ -161,39 +162,12 @@ def check_resumable(records_path: str | Path, partial_settings: dict[str, Any]) 
     compare_settings(wanted, found, str(records_path), ignore=INFORMATIONAL_SETTINGS)
 
 
-class InterruptBetweenSamples:
+class InterruptBetweenSamples(DeferredInterrupt):
     """Ctrl-C (SIGINT) during an evaluation stops it at the next sample boundary, after the current
-    records are written and synced, instead of wherever the signal lands: a ``KeyboardInterrupt``
-    raised inside a finaliser or callback is swallowed by Python, which would let an interrupted run
-    carry on. A second Ctrl-C interrupts at once. Only the main thread installs the handler.
+    records are written and synced, instead of wherever the signal lands (see :mod:`editseg.interrupts`).
+    A second Ctrl-C interrupts at once.
 
     Use as ``with InterruptBetweenSamples() as stop: ... stop.check()`` after each write."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> "InterruptBetweenSamples":
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def check(self) -> None:
-        """Raise ``KeyboardInterrupt`` if Ctrl-C came since the last check."""
-        if self.requested:
-            raise KeyboardInterrupt
+        super().__init__(second_raises=True)
