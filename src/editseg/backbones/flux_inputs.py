@@ -1,8 +1,8 @@
 """Input preparation shared by the FLUX-style backbones, written once.
 
 * :class:`FluxPipelineParts`: what every backbone around a diffusers FLUX-style pipeline (FLUX.1
-  text-to-image, FLUX.1 Kontext, FLUX.2 [klein]) reads from it: block counts, the patch size in
-  pixels, its device and dtype.
+  text-to-image, FLUX.1 Kontext, FLUX.2 [klein], and Qwen-Image-Edit, double-stream blocks only)
+  reads from it: block counts, the patch size in pixels, its device and dtype.
 * :func:`embedded_guidance`: FLUX.1's guidance-distilled ``guidance`` input.
 * :func:`t5_encode`: FLUX.1's text input (T5 tokens with character offsets, and the pipeline's own
   ``encode_prompt``: T5 embeddings, CLIP pooled embedding, text ids).
@@ -20,7 +20,8 @@ import torch
 
 
 class FluxPipelineParts:
-    """Mixin for backbones around a loaded FLUX-style ``pipeline`` (double- and single-stream blocks)."""
+    """Mixin for backbones around a loaded FLUX-style ``pipeline`` (double-stream blocks, and
+    single-stream ones where the transformer has them)."""
 
     pipeline: Any
 
@@ -32,7 +33,7 @@ class FluxPipelineParts:
         self.default_max_side = default_max_side
         transformer = pipeline.transformer
         self.num_double_blocks = len(transformer.transformer_blocks)
-        self.num_single_blocks = len(transformer.single_transformer_blocks)
+        self.num_single_blocks = len(getattr(transformer, "single_transformer_blocks", ()))
         self.patch = pipeline.vae_scale_factor * 2  # 16 for the real VAE
 
     @property

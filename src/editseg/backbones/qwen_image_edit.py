@@ -56,7 +56,7 @@ from ..probing.recorder import ProbeRecorder, TokenLayout
 from ..text import PromptTokens, align_prompt
 from .base import Backbone, EncodedText, PreparedImage
 from ..probing.processors import ProbeProcessor, swapped_processors
-from .flux_inputs import flux_schedule
+from .flux_inputs import FluxPipelineParts, flux_schedule
 from .trajectory import denoised_step_inputs
 
 VAE_AREA = 1024 * 1024  # QwenImageEditPipeline.__call__ and VAE_IMAGE_SIZE of the Plus pipeline
@@ -141,7 +141,7 @@ def probes_installed(transformer, recorder: ProbeRecorder):
     )
 
 
-class QwenImageEditBackbone(Backbone):
+class QwenImageEditBackbone(FluxPipelineParts, Backbone):
     """Qwen-Image-Edit around a loaded ``QwenImageEditPipeline`` or ``QwenImageEditPlusPipeline``.
 
     ``vae_area`` / ``condition_area`` are the pipelines' target areas (1024² for the VAE image;
@@ -165,22 +165,12 @@ class QwenImageEditBackbone(Backbone):
             raise UnsupportedModelError(
                 f"{name} loaded a {class_name}; editseg's Qwen backbone serves {', '.join(PIPELINE_CLASS_NAMES)}."
             )
-        self.pipeline = pipeline
-        self.name = name
-        self.is_random = is_random
-        self.default_max_side = default_max_side
+        self.bind_pipeline(pipeline, name, is_random, default_max_side)  # no single-stream blocks
         self.vae_area = vae_area
         self.condition_area = condition_area
         self.mrope = mrope
         self.is_plus = class_name == "QwenImageEditPlusPipeline"
-        self.num_double_blocks = len(pipeline.transformer.transformer_blocks)
-        self.num_single_blocks = 0
-        self.patch = pipeline.vae_scale_factor * 2
         self._last_image: PreparedImage | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
 
     @property
     def default_feature_block(self) -> int:
