@@ -9,6 +9,7 @@ parameters by their official checkpoint names from a state dict.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -17,22 +18,12 @@ import torch.nn.functional as F
 
 import editseg.backbones.step1x.model as step1x_model
 from editseg.backbones.step1x.model import Step1XConfig, Step1XEditDiT, probes_installed
+from editseg.backbones.step1x.tiny import TINY_DIT
 from editseg.probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from reference import ROUTES
 
-TINY = Step1XConfig(
-    in_channels=16,
-    out_channels=16,
-    vec_in_dim=8,
-    context_in_dim=24,
-    hidden_size=32,
-    num_heads=2,
-    depth=2,
-    depth_single_blocks=3,
-    axes_dim=(4, 6, 6),
-    connector_in_channels=20,
-    connector_heads=2,
-)
+# The shipped tiny DiT's sizes, with a connector input (20) unlike any other width here.
+TINY = dataclasses.replace(TINY_DIT, connector_in_channels=20)
 
 
 # -- reference forward (independent transcription) -----------------------------------------------
