@@ -34,7 +34,10 @@ TINY_MAX_SIDE = 128
 FAMILY_MODULES = [family.module for family in FAMILIES]
 OFFLOAD_MODES = ("none", "model", "sequential")
 
-__all__ = ["Backbone", "EncodedText", "PreparedImage", "load_backbone", "resolve_device", "resolve_model_source", "known_models", "closest_model"]
+__all__ = [
+    "Backbone", "EncodedText", "PreparedImage", "load_backbone", "place_pipeline", "resolve_device", "resolve_model_source",
+    "known_models", "closest_model",
+]  # fmt: skip
 
 
 def _tiny_random(device: torch.device, dtype: torch.dtype) -> Backbone:
@@ -193,6 +196,13 @@ def load_backbone(
     family = _family_for(source, model)
     family.check_source(source)
     pipeline = _load_pipeline(family, source, model, dtype)
+    place_pipeline(pipeline, device, offload)
+    return family.make_backbone(pipeline, model)
+
+
+def place_pipeline(pipeline, device: torch.device, offload: str = "none") -> None:
+    """Put a loaded diffusers pipeline on ``device`` as ``offload`` says (see :func:`load_backbone`)
+    and turn its progress bar off."""
     if offload == "model":
         pipeline.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
@@ -200,7 +210,6 @@ def load_backbone(
     else:
         pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
-    return family.make_backbone(pipeline, model)
 
 
 def _load_pipeline(family: ModuleType, source: str, model: str, dtype: torch.dtype):

@@ -299,7 +299,7 @@ class RefAM(Method):
 def load_t2i_backbone(model: str, device: torch.device, dtype: torch.dtype, offload: str = "none"):
     """A text-to-image backbone by name (:data:`T2I_MODELS`), hub id or folder: FLUX.1 (``FluxPipeline``)
     or FLUX.2 [klein] (``Flux2KleinPipeline``, names ending in ``-t2i`` or folders holding one)."""
-    from ..backbones import flux1_t2i, flux2_t2i, resolve_model_source
+    from ..backbones import flux1_t2i, flux2_t2i, place_pipeline, resolve_model_source
     from ..errors import OFFLINE_HINT, ModelNotFoundError
 
     if model in (TINY_T2I, TINY_T2I_FLUX2):
@@ -328,13 +328,7 @@ def load_t2i_backbone(model: str, device: torch.device, dtype: torch.dtype, offl
         raise ModelNotFoundError(
             f"Could not load the text-to-image model {model!r} ({source}): {reason}\n{flux1_t2i.WEIGHTS_HINT} {OFFLINE_HINT}"
         ) from None
-    if offload == "model":
-        pipeline.enable_model_cpu_offload(device=device)
-    elif offload == "sequential":
-        pipeline.enable_sequential_cpu_offload(device=device)
-    else:
-        pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
+    place_pipeline(pipeline, device, offload)
     if is_flux2:
         return flux2_t2i.Flux2T2IBackbone(pipeline, name=model)
     return flux1_t2i.FluxT2IBackbone(pipeline, name=model)
