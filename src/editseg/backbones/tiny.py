@@ -114,7 +114,7 @@ def tiny_flux2_transformer(
 
 def build_tiny_flux2_klein_pipeline(seed: int = 0, config: TinyFlux2Config = TinyFlux2Config()):
     """A complete ``Flux2KleinPipeline`` with tiny random components (CPU, float32, no downloads)."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from diffusers import AutoencoderKLFlux2
 
     torch.manual_seed(seed)
     tokenizer = byte_level_tokenizer()
@@ -137,6 +137,14 @@ def build_tiny_flux2_klein_pipeline(seed: int = 0, config: TinyFlux2Config = Tin
         config.latent_channels * 4, config.double_blocks, config.single_blocks, config.heads, config.head_dim,
         text_hidden=config.text_hidden, timestep_channels=32,
     ).eval()
+    return assemble_flux2_klein_pipeline(vae, text_encoder, tokenizer, transformer)
+
+
+def assemble_flux2_klein_pipeline(vae, text_encoder, tokenizer, transformer):
+    """A distilled ``Flux2KleinPipeline`` of the given components with a default flow-match
+    scheduler, its progress bar off (the tiny random model's and the toy editor's assembly)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
     pipeline = Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ..backbones.tiny import byte_level_tokenizer, tiny_flux2_transformer, tiny_qwen3_text_encoder
+from ..backbones.tiny import (
+    assemble_flux2_klein_pipeline,
+    byte_level_tokenizer,
+    tiny_flux2_transformer,
+    tiny_qwen3_text_encoder,
+)
 from ..backbones.pixel_codec import PixelCodec
 from .config import ToyConfig
 
@@ -92,8 +97,6 @@ def toy_tokenizer(vocab_size: int = 512, chat_template: str = "minimal"):
 
 def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
     """An untrained toy ``Flux2KleinPipeline`` (float32, CPU), deterministic for ``seed``."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
-
     torch.manual_seed(seed)
     tokenizer = toy_tokenizer(config.vocab_size, config.chat_template)
     tokenizer.model_max_length = config.text_length  # Flux2KleinBackbone pads the text to this
@@ -110,16 +113,7 @@ def build_toy_pipeline(config: ToyConfig = ToyConfig(), seed: int = 0):
         config.latent_channels * 4, config.double_blocks, config.single_blocks, config.heads, config.head_dim,
         text_hidden=config.text_hidden, timestep_channels=64, mlp_ratio=config.mlp_ratio,
     )
-    pipeline = Flux2KleinPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-        is_distilled=True,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return assemble_flux2_klein_pipeline(vae, text_encoder, tokenizer, transformer)
 
 
 def text_embeddings(pipeline, input_ids: torch.Tensor) -> torch.Tensor:
