@@ -30,6 +30,41 @@ def capture_dispatch(module, store: list):
         module.dispatch_attention_fn = original
 
 
+@contextlib.contextmanager
+def block_io_captures(blocks):
+    """``(attn_inputs, block_outputs)``: dicts filled by hooks, during the block, with each block's
+    attention input hidden states (cloned) and the block's own output, keyed by the block's index."""
+    attn_inputs, block_outputs, hooks = {}, {}, []
+    for index, block in enumerate(blocks):
+        hooks.append(block.attn.register_forward_pre_hook(
+            lambda m, args, kwargs, i=index: attn_inputs.__setitem__(i, kwargs["hidden_states"].clone()), with_kwargs=True))
+        hooks.append(block.register_forward_hook(lambda m, a, out, i=index: block_outputs.__setitem__(i, out)))
+    try:
+        yield attn_inputs, block_outputs
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextlib.contextmanager
+def transformer_calls(transformer, clone: bool = True, answer=None):
+    """A list that receives the keyword arguments of every ``transformer`` call in the block
+    (tensors cloned, with ``clone``); ``answer(kwargs)``, when given, is returned instead of running
+    the transformer."""
+    calls = []
+    original_forward = transformer.forward
+
+    def capture(*args, **kwargs):
+        calls.append({name: v.clone() if clone and torch.is_tensor(v) else v for name, v in kwargs.items()})
+        return original_forward(*args, **kwargs) if answer is None else answer(kwargs)
+
+    transformer.forward = capture
+    try:
+        yield calls
+    finally:
+        del transformer.forward
+
+
 def full_attention(query, key, key_mask=None) -> torch.Tensor:
     """(B, H, S, S) softmax(QKᵀ/√d) in float64 from (B, S, H, D) q/k; ``key_mask`` True = attend."""
     q, k = query.double().transpose(1, 2), key.double().transpose(1, 2)

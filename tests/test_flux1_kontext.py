@@ -19,7 +19,7 @@ import diffusers.models.transformers.transformer_flux as flux_module
 from editseg.backbones.flux1_kontext import FEATURE_BLOCK, FluxKontextBackbone
 from editseg.backbones.tiny_flux1 import tiny_flux1_components
 from editseg.images import load_image
-from reference import attention_output, capture_dispatch, expression_plan, naive_maps
+from reference import attention_output, block_io_captures, capture_dispatch, expression_plan, naive_maps, transformer_calls
 
 def build_tiny_kontext_pipeline(seed: int = 0):
     from diffusers import FluxKontextPipeline
@@ -56,18 +56,8 @@ def pipeline_transformer_inputs(pipeline, image, prompt, seed, num_inference_ste
     """Run the real pipeline and capture the keyword arguments of its last transformer call.
 
     With one step the transformer itself is skipped (its output only feeds the scheduler)."""
-    captured = {}
-    transformer = pipeline.transformer
-    original_forward = transformer.forward
-
-    def capture(*args, **kw):
-        captured.update({name: v.clone() if torch.is_tensor(v) else v for name, v in kw.items()})
-        if num_inference_steps == 1:
-            return (torch.zeros_like(kw["hidden_states"]),)
-        return original_forward(*args, **kw)
-
-    transformer.forward = capture
-    try:
+    skip = (lambda kw: (torch.zeros_like(kw["hidden_states"]),)) if num_inference_steps == 1 else None
+    with transformer_calls(pipeline.transformer, answer=skip) as calls:
         pipeline(
             image=image,
             prompt=prompt,
@@ -76,9 +66,7 @@ def pipeline_transformer_inputs(pipeline, image, prompt, seed, num_inference_ste
             output_type="latent",
             **kwargs,
         )
-    finally:
-        del transformer.forward
-    return captured
+    return calls[-1]
 
 
 TENSOR_INPUTS = ("hidden_states", "timestep", "guidance", "pooled_projections", "encoder_hidden_states", "txt_ids", "img_ids")
@@ -237,17 +225,10 @@ def test_feature_sites_match_independent_captures(small, image_96x64):
     inputs = small.first_step_inputs(image, text, seed=0)
     transformer = small.pipeline.transformer
     all_blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
-    attn_inputs, block_outputs, captured, hooks = {}, {}, [], []
-    for index, block in enumerate(all_blocks):
-        hooks.append(block.attn.register_forward_pre_hook(
-            lambda m, args, kwargs, i=index: attn_inputs.__setitem__(i, kwargs["hidden_states"].clone()), with_kwargs=True))
-        hooks.append(block.register_forward_hook(lambda m, a, out, i=index: block_outputs.__setitem__(i, out)))
-    try:
-        with torch.no_grad(), capture_reference_qkv(captured):
-            transformer(**inputs, return_dict=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    captured = []
+    with torch.no_grad(), capture_reference_qkv(captured), block_io_captures(all_blocks) as io:
+        transformer(**inputs, return_dict=False)
+    attn_inputs, block_outputs = io
 
     recorder = small.probe_forward(image, text, plan, seed=0)
     for index in range(small.num_blocks):

@@ -8,20 +8,12 @@ import torch
 from PIL import Image
 
 from editseg.images import load_image
+from reference import transformer_calls
 
 
 def pipeline_transformer_inputs(pipeline, image, prompt, seed):
     """Run the real pipeline for one step and capture the keyword arguments of its transformer call."""
-    captured = {}
-    transformer = pipeline.transformer
-    original_forward = transformer.forward
-
-    def capture(*args, **kwargs):
-        captured.update(kwargs)
-        return original_forward(*args, **kwargs)
-
-    transformer.forward = capture
-    try:
+    with transformer_calls(pipeline.transformer, clone=False) as calls:
         pipeline(
             image=image,
             prompt=prompt,
@@ -29,9 +21,7 @@ def pipeline_transformer_inputs(pipeline, image, prompt, seed):
             generator=torch.Generator("cpu").manual_seed(seed),
             output_type="latent",
         )
-    finally:
-        del transformer.forward
-    return captured
+    return calls[-1]
 
 
 @pytest.mark.parametrize("size", [(64, 64), (83, 70), (150, 97)])
@@ -84,20 +74,9 @@ def test_large_images_follow_the_pipeline_resize_rule(tiny_backbone):
 
 
 def _all_transformer_calls(pipeline, image, prompt, seed, steps):
-    calls = []
-    transformer = pipeline.transformer
-    original_forward = transformer.forward
-
-    def capture(*args, **kwargs):
-        calls.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()})
-        return original_forward(*args, **kwargs)
-
-    transformer.forward = capture
-    try:
+    with transformer_calls(pipeline.transformer) as calls:
         pipeline(image=image, prompt=prompt, num_inference_steps=steps,
                  generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
-    finally:
-        del transformer.forward
     return calls
 
 

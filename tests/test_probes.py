@@ -12,7 +12,7 @@ import torch
 
 import diffusers.models.transformers.transformer_flux2 as flux2_module
 from editseg.probing.recorder import TokenLayout, clean_token_attention_statistics
-from reference import attention_output, capture_dispatch, expression_plan, full_attention, naive_maps
+from reference import attention_output, block_io_captures, capture_dispatch, expression_plan, full_attention, naive_maps
 
 
 def assert_equals_naive_eqs_3_4(cam, ram, q, k, keep, layout, weights):
@@ -70,16 +70,10 @@ def test_feature_sites_match_independent_captures(tiny_backbone, random_image):
     transformer = backbone.pipeline.transformer
     all_blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
 
-    attn_inputs, block_outputs, captured = {}, {}, []
-    hooks = []
-    for index, block in enumerate(all_blocks):
-        hooks.append(block.attn.register_forward_pre_hook(
-            lambda m, args, kwargs, i=index: attn_inputs.__setitem__(i, kwargs["hidden_states"].clone()), with_kwargs=True))
-        hooks.append(block.register_forward_hook(lambda m, a, out, i=index: block_outputs.__setitem__(i, out)))
-    with torch.no_grad(), capture_reference_qkv(captured):
+    captured = []
+    with torch.no_grad(), capture_reference_qkv(captured), block_io_captures(all_blocks) as io:
         transformer(**inputs, return_dict=False)
-    for hook in hooks:
-        hook.remove()
+    attn_inputs, block_outputs = io
 
     recorder = backbone.probe_forward(image, text, plan, seed=0)
     for index in range(backbone.num_blocks):

@@ -27,7 +27,7 @@ import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus_module
 from editseg.backbones.qwen_image_edit import QwenImageEditBackbone
 from editseg.errors import ConfigError
 from editseg.images import load_image
-from reference import attention_output, capture_dispatch, expression_plan, naive_maps
+from reference import attention_output, block_io_captures, capture_dispatch, expression_plan, naive_maps, transformer_calls
 from reference_vlm import reference_mrope_positions, rotary_positions
 
 TINY_AREA = 64 * 64  # stands in for 1024 * 1024
@@ -207,16 +207,7 @@ def forwarding_mm_token_type_ids(pipeline):
 def pipeline_transformer_calls(pipeline, image, prompt, seed, steps=2, fixed=True):
     """Run the real pipeline (``fixed``: with the mm_token_type_ids fix) and capture the keyword
     arguments of each transformer call."""
-    calls = []
-    transformer = pipeline.transformer
-    original_forward = transformer.forward
-
-    def capture(*args, **kwargs):
-        calls.append(dict(kwargs))
-        return original_forward(*args, **kwargs)
-
-    transformer.forward = capture
-    try:
+    with transformer_calls(pipeline.transformer, clone=False) as calls:
         with tiny_pipeline_areas(), forwarding_mm_token_type_ids(pipeline) if fixed else contextlib.nullcontext():
             pipeline(
                 image=image,
@@ -225,8 +216,6 @@ def pipeline_transformer_calls(pipeline, image, prompt, seed, steps=2, fixed=Tru
                 generator=torch.Generator("cpu").manual_seed(seed),
                 output_type="latent",
             )
-    finally:
-        del transformer.forward
     return calls
 
 
@@ -402,21 +391,16 @@ def test_feature_sites_match_independent_captures(edit_backbone):
     layout = plan.layout
     inputs = backbone.first_step_inputs(image, text, seed=0)
     transformer = backbone.pipeline.transformer
-    attn_inputs, block_outputs, captured, hooks = {}, {}, [], []
-    for index, block in enumerate(transformer.transformer_blocks):
-        hooks.append(block.attn.register_forward_pre_hook(
-            lambda m, args, kwargs, i=index: attn_inputs.__setitem__(i, kwargs["hidden_states"].clone()), with_kwargs=True))
-        hooks.append(block.register_forward_hook(lambda m, a, out, i=index: block_outputs.__setitem__(i, out[1])))
-    with torch.no_grad(), capture_reference_qkv(captured):
+    captured = []
+    with torch.no_grad(), capture_reference_qkv(captured), block_io_captures(transformer.transformer_blocks) as io:
         transformer(**inputs, return_dict=False)
-    for hook in hooks:
-        hook.remove()
+    attn_inputs, block_outputs = io
     recorder = backbone.probe_forward(image, text, plan, seed=0)
     for index in range(backbone.num_blocks):
         av = attention_output(*captured[index][:3], key_mask=captured[index][3])[:, layout.clean]
         torch.testing.assert_close(recorder.features[("attn", index)].double(), av, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(recorder.features[("adaln", index)], attn_inputs[index][:, layout.clean_in_image_stream])
-        torch.testing.assert_close(recorder.features[("block", index)], block_outputs[index][:, layout.clean_in_image_stream])
+        torch.testing.assert_close(recorder.features[("block", index)], block_outputs[index][1][:, layout.clean_in_image_stream])
 
 
 def test_segmenter_end_to_end(edit_backbone):

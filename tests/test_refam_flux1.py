@@ -13,7 +13,7 @@ import diffusers.models.transformers.transformer_flux as flux_module
 from editseg.backbones.flux1_t2i import FluxT2IBackbone
 from editseg.backbones.tiny_flux1 import build_tiny_flux_pipeline
 from editseg.probing.token_attention import TokenProbePlan
-from reference import capture_dispatch, full_attention
+from reference import capture_dispatch, full_attention, transformer_calls
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +34,8 @@ def image():
 
 def capture_pipeline_inputs(pipeline, prompt, latents, steps):
     """Keyword arguments of every transformer call of the real pipeline (given start latents)."""
-    calls = []
-    transformer = pipeline.transformer
-    original = transformer.forward
-
-    def capture(*args, **kw):
-        calls.append({k: v.clone() if torch.is_tensor(v) else v for k, v in kw.items()})
-        return original(*args, **kw)
-
-    transformer.forward = capture
-    try:
+    with transformer_calls(pipeline.transformer) as calls:
         out = pipeline(prompt=prompt, latents=latents, height=48, width=64, num_inference_steps=steps, output_type="latent")
-    finally:
-        del transformer.forward
     return calls, out.images
 
 

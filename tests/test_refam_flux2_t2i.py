@@ -11,6 +11,7 @@ from PIL import Image
 from editseg.backbones.flux2_t2i import Flux2T2IBackbone
 from editseg.backbones.tiny import build_tiny_flux2_klein_pipeline
 from editseg.methods.refam import RefAM, RefAMConfig
+from reference import transformer_calls
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +36,11 @@ def test_pipeline_parity(backbone, pipeline, image):
     start = backbone.noise(prepared, 3)
     channels = start.shape[-1]
     unpacked = start.transpose(1, 2).reshape(1, channels, rows, cols)
-    calls = []
-    original = pipeline.transformer.forward
-
-    def capture(*args, **kw):
-        calls.append({k: v.clone() if torch.is_tensor(v) else v for k, v in kw.items()})
-        return original(*args, **kw)
-
-    pipeline.transformer.forward = capture
-    try:
+    with transformer_calls(pipeline.transformer) as calls:
         final = pipeline(
             prompt="a red dog", latents=unpacked, height=rows * backbone.editor.patch, width=cols * backbone.editor.patch,
             num_inference_steps=3, output_type="latent",
         ).images
-    finally:
-        del pipeline.transformer.forward
     text = backbone.encode_text(["a red dog"])
     timesteps, sigmas = backbone.schedule(prepared.latents.shape[1], 3)
     assert len(calls) == 3
