@@ -239,23 +239,28 @@ class Flux2KleinBackbone(FluxPipelineParts, Backbone):
         return EncodedText(prompts=prompts, tensors={"embeds": embeds, "ids": text_ids.to(device)})
 
     # -- forward -------------------------------------------------------------------------------
+    def noise_latents(self, geometry: ImageGeometry, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(noise, ids)``: the pipeline's ``prepare_latents`` for one image of ``geometry``'s crop,
+        packed noise tokens drawn on the CPU from ``seed`` and their position ids."""
+        pipe = self.pipeline
+        _, _, crop_w, crop_h = geometry.crop
+        return pipe.prepare_latents(
+            batch_size=1,
+            num_latents_channels=pipe.transformer.config.in_channels // 4,
+            height=crop_h,
+            width=crop_w,
+            dtype=dtype,
+            device=self.device,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        )
+
     def first_step_inputs(self, image: PreparedImage, text: EncodedText, seed: int) -> dict:
         """The transformer's keyword arguments at the first denoising step (sigma 1, timestep 1000)."""
         pipe = self.pipeline
         embeds = text.tensors["embeds"]
         batch = embeds.shape[0]
-        _, _, crop_w, crop_h = image.geometry.crop
-        generator = torch.Generator("cpu").manual_seed(seed)
-        noise, noise_ids = pipe.prepare_latents(
-            batch_size=1,
-            num_latents_channels=pipe.transformer.config.in_channels // 4,
-            height=crop_h,
-            width=crop_w,
-            dtype=embeds.dtype,
-            device=self.device,
-            generator=generator,
-        )
         # One noise draw shared by the batch: an expression's result must not depend on its batch.
+        noise, noise_ids = self.noise_latents(image.geometry, embeds.dtype, seed)
         clean = image.tensors["latents"]
         hidden = torch.cat([noise, clean.to(noise.device)], dim=1).to(pipe.transformer.dtype).expand(batch, -1, -1)
         ids = torch.cat([noise_ids, image.tensors["ids"].to(noise_ids.device)], dim=1).expand(batch, -1, -1)

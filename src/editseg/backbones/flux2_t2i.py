@@ -51,17 +51,7 @@ class Flux2T2IBackbone(FluxT2IBackbone):
 
     def prepare_image(self, image: Image.Image, max_side: int | None = None) -> T2IImage:
         prepared = self.editor.prepare_image(image, max_side)
-        _, _, crop_w, crop_h = prepared.geometry.crop
-        pipe = self.pipeline
-        _, ids = pipe.prepare_latents(
-            batch_size=1,
-            num_latents_channels=pipe.transformer.config.in_channels // 4,
-            height=crop_h,
-            width=crop_w,
-            dtype=self.dtype,
-            device=self.device,
-            generator=torch.Generator("cpu").manual_seed(0),
-        )
+        _, ids = self.editor.noise_latents(prepared.geometry, self.dtype, seed=0)
         return T2IImage(geometry=prepared.geometry, latents=prepared.tensors["latents"].to(self.dtype), ids=ids)
 
     def encode_text(self, texts: Sequence[str]) -> T2IText:
