@@ -110,10 +110,10 @@ def denoised_step_inputs(
         hidden = torch.cat([noisy, clean], dim=1)
         return hidden if hidden_dtype is None else hidden.to(hidden_dtype)
 
-    def model_timestep(t: torch.Tensor) -> torch.Tensor:
+    def model_timestep(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if scale_then_cast:
-            return (t.expand(batch) / 1000).to(latents.dtype)
-        return t.expand(batch).to(latents.dtype) / 1000
+            return (t.expand(batch) / 1000).to(dtype)
+        return t.expand(batch).to(dtype) / 1000
 
     negative = None
     if negative_inputs is not None and guidance_scale > 1 and start < step_index:
@@ -121,7 +121,7 @@ def denoised_step_inputs(
     with torch.inference_mode():
         for t in timesteps[start:step_index]:
             step = dict(inputs, hidden_states=joint(latents))
-            step["timestep"] = model_timestep(t)
+            step["timestep"] = model_timestep(t, latents.dtype)
             velocity = transformer(**step, return_dict=False)[0][:, :noisy_len]
             if negative is not None:
                 step.update(negative)
@@ -130,5 +130,5 @@ def denoised_step_inputs(
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
     trajectories.store(key, step_index, latents)
     inputs["hidden_states"] = joint(latents)
-    inputs["timestep"] = model_timestep(timesteps[step_index])
+    inputs["timestep"] = model_timestep(timesteps[step_index], latents.dtype)
     return inputs
