@@ -1,8 +1,8 @@
 """Input preparation shared by the FLUX-style backbones, written once.
 
 * :class:`FluxPipelineParts`: what every backbone around a diffusers FLUX-style pipeline (FLUX.1
-  text-to-image, FLUX.1 Kontext, FLUX.2 [klein], and Qwen-Image-Edit, double-stream blocks only)
-  reads from it: block counts, the patch size in pixels, its device and dtype.
+  text-to-image, FLUX.1 Kontext, FLUX.2 [klein], Step1X-Edit's FLUX.1-style DiT, and Qwen-Image-Edit,
+  double-stream blocks only) reads from it: block counts, the patch size in pixels, its device and dtype.
 * :func:`embedded_guidance`: FLUX.1's guidance-distilled ``guidance`` input.
 * :func:`t5_encode`: FLUX.1's text input (T5 tokens with character offsets, and the pipeline's own
   ``encode_prompt``: T5 embeddings, CLIP pooled embedding, text ids).
@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ class FluxPipelineParts:
     single-stream ones where the transformer has them)."""
 
     pipeline: Any
+    # the transformer's (double-stream, single-stream) block lists; Step1X-Edit's DiT keeps BFL's names
+    block_lists: ClassVar[tuple[str, str]] = ("transformer_blocks", "single_transformer_blocks")
 
     def bind_pipeline(self, pipeline: Any, name: str, is_random: bool, default_max_side: int | None) -> None:
         """Keep ``pipeline`` and the attributes read from it (block counts, ``patch``: pixels per token side)."""
@@ -31,9 +33,9 @@ class FluxPipelineParts:
         self.name = name
         self.is_random = is_random
         self.default_max_side = default_max_side
-        transformer = pipeline.transformer
-        self.num_double_blocks = len(transformer.transformer_blocks)
-        self.num_single_blocks = len(getattr(transformer, "single_transformer_blocks", ()))
+        double, single = self.block_lists
+        self.num_double_blocks = len(getattr(pipeline.transformer, double))
+        self.num_single_blocks = len(getattr(pipeline.transformer, single, ()))  # none in Qwen-Image
         self.patch = pipeline.vae_scale_factor * 2  # 16 for the real VAE
 
     @property

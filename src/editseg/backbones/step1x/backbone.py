@@ -25,26 +25,21 @@ from ...geometry import ImageGeometry
 from ...probing.recorder import ProbeRecorder, TokenLayout
 from ...text import align_prompt
 from ..base import Backbone, EncodedText, PreparedImage
+from ..flux_inputs import FluxPipelineParts
 from .model import probes_installed
 from .pipeline import grid_ids, official_size, pack_latents, unit_pixels, vlm_inputs, vlm_view
 
 PAPER_FEATURE_BLOCK = 40  # paper: feature block 40 of 57 (0-based, global) on Step1X-Edit
 
 
-class Step1XEditBackbone(Backbone):
+class Step1XEditBackbone(FluxPipelineParts, Backbone):
     """Step1X-Edit around a :class:`~editseg.backbones.step1x.pipeline.Step1XPipeline`."""
 
     text_sees_image = True  # its Qwen2.5-VL encodes the instruction with the image: never cached
+    block_lists = ("double_blocks", "single_blocks")  # the official DiT's names
 
     def __init__(self, pipeline, name: str, is_random: bool = False, default_max_side: int | None = None) -> None:
-        self.pipeline = pipeline
-        self.name = name
-        self.is_random = is_random
-        self.default_max_side = default_max_side
-        transformer = pipeline.transformer
-        self.num_double_blocks = len(transformer.double_blocks)
-        self.num_single_blocks = len(transformer.single_blocks)
-        self.patch = pipeline.vae_scale_factor * 2
+        self.bind_pipeline(pipeline, name, is_random, default_max_side)
         self.vae_latent: str = "mean"
         self.vae_seed: int = 0
         self.mrope: bool = True
@@ -56,10 +51,6 @@ class Step1XEditBackbone(Backbone):
         if self.num_blocks == 57:
             return PAPER_FEATURE_BLOCK
         return min(self.num_blocks - 1, round(self.num_blocks * PAPER_FEATURE_BLOCK / 57))
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
 
     # -- image ---------------------------------------------------------------------------------
     def preprocess_geometry(self, size: tuple[int, int], max_side: int | None = None) -> ImageGeometry:
