@@ -234,3 +234,24 @@ def test_segmenter_end_to_end(family, image):
         assert result.mask.shape == (64, 96) and result.mask.dtype == bool
         assert result.ram.shape == (64, 96) and 0 <= result.ram.min() and result.ram.max() <= 1
         assert result.model == backbone.name and result.config["feature_block"] == backbone.default_feature_block
+
+
+def test_switches_are_declared_attributes_at_their_defaults(family, image):
+    """Every declared switch is an attribute holding its default on a fresh backbone, and setting
+    each one to another value shows in ``changed_switches`` (what eval records are tied to)."""
+    _, backbone = family
+    assert backbone.changed_switches() == {}
+    for name, switch in type(backbone).switches.items():
+        assert getattr(backbone, name) == switch.default and isinstance(switch.default, switch.kind)
+        if switch.kind is bool:
+            other = not switch.default
+        elif switch.kind is int:
+            other = switch.default + 1
+        else:
+            other = next(c for c in switch.choices if c != switch.default)
+        backbone.set_switches({name: other})
+        try:
+            assert backbone.changed_switches() == {name: other}
+        finally:
+            backbone.set_switches({name: switch.default})
+    assert backbone.changed_switches() == {}

@@ -21,6 +21,7 @@ from ..errors import ConfigError, UnsupportedModelError
 from ..geometry import ImageGeometry
 from ..probing.recorder import ProbePlan, ProbeRecorder, TokenLayout
 from ..text import PromptTokens
+from .switches import Switch, apply_switches, changed_switches
 from .trajectory import TrajectoryCache
 
 RANDOM_WEIGHTS_NOTICE = (
@@ -63,6 +64,16 @@ class Backbone(ABC):
     # EncodedText tensors with one row per instruction on dim 0 (the others serve the whole batch);
     # with text_sees_image False, lets TextEncodingCache keep and reassemble single instructions
     text_row_tensors: ClassVar[tuple[str, ...]] = ()
+    # named settings that change the output (see :mod:`.switches`); plain attributes of the instance
+    switches: ClassVar[dict[str, Switch]] = {}
+
+    def set_switches(self, values: dict[str, Any]) -> None:
+        """Set declared switches by name (validated first; unknown names list the known ones)."""
+        apply_switches(self, values)
+
+    def changed_switches(self) -> dict[str, Any]:
+        """Switches set away from their defaults: what evaluation records must be tied to."""
+        return changed_switches(self)
 
     @property
     def num_blocks(self) -> int:

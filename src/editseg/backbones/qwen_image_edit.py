@@ -55,6 +55,7 @@ from ..geometry import ImageGeometry
 from ..probing.recorder import ProbeRecorder, TokenLayout
 from ..text import PromptTokens, align_prompt
 from .base import Backbone, EncodedText, PreparedImage
+from .switches import Switch
 from ..probing.processors import ProbeProcessor, swapped_processors
 from .flux_inputs import FluxPipelineParts, flux_schedule
 from .trajectory import denoised_step_inputs
@@ -149,6 +150,9 @@ class QwenImageEditBackbone(FluxPipelineParts, Backbone):
     """
 
     text_sees_image = True  # Qwen2.5-VL encodes the instruction with the image: never cached
+    switches = {
+        "mrope": Switch(bool, True, "3-D VLM positions for image tokens as the model was trained; false: today's diffusers pipeline"),
+    }
 
     def __init__(
         self,

@@ -57,6 +57,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="rlfseg: one step with adaptive rescaling (aos, the paper's), plain one step, Euler steps, or hybrid (default: aos)")
     group.add_argument("--model", default=None, help=f"model name, hub id or local folder (default: the method's; {DEFAULT_MODEL} for {DEFAULT_METHOD})")
     group.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE", help="a setting of a method other than early grounding, repeatable; VALUE is JSON where it parses (true, 750, 0.5, [\"a\"]), else text; e.g. --method refam --method-option inversion=true (RefAMConfig fields; Ref-Diff: RefDiffConfig fields or preset=...)")
+    group.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE", help="a switch of the model family, repeatable, set after loading; e.g. Step1X-Edit: vae_latent=sample, vae_seed=3, mrope=false, add_vision_id=true; Qwen-Image-Edit: mrope=false (the model's declared switches are listed on a wrong name)")
     group.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     group.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     group.add_argument("--offload", default="none", choices=["none", "model", "sequential"], help="CPU offload: none; model (components move to the GPU in turn); sequential (layer by layer, least memory)")
@@ -126,7 +127,7 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def parse_method_options(items) -> dict:
+def parse_method_options(items, flag: str = "--method-option") -> dict:
     """``["inversion=true", "timestep=750"]`` → ``{"inversion": True, "timestep": 750}`` (JSON values, else text)."""
     import json
 
@@ -136,7 +137,7 @@ def parse_method_options(items) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--method-option takes KEY=VALUE, got {item!r}.")
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}.")
         try:
             parsed = json.loads(value)
         except ValueError:
@@ -161,6 +162,7 @@ def segmenter_from_args(args: argparse.Namespace):
     dtype = getattr(torch, args.dtype) if args.dtype else None
     print(f"editseg: loading {args.model or 'the default model'} for {args.method} ...", file=sys.stderr)
     options = parse_method_options(getattr(args, "method_option", []))
+    switches = parse_method_options(getattr(args, "backbone_option", []), flag="--backbone-option")
     if args.method == DEFAULT_METHOD:  # the method options above are early grounding's
         if options:
             raise ConfigError("--method-option is for methods other than early-grounding (use its own flags).")
@@ -182,6 +184,10 @@ def segmenter_from_args(args: argparse.Namespace):
             max_pixels=max_pixels_from_args(args), reduce_oversize=getattr(args, "reduce_large", False), **options,
         )  # fmt: skip
     backbone = getattr(segmenter.method, "backbone", None)
+    if switches:
+        if backbone is None:
+            raise ConfigError(f"--backbone-option: the {args.method} method has no editing backbone to switch.")
+        backbone.set_switches(switches)
     if backbone is not None and backbone.is_random:
         banner = "!" * 78
         print(f"{banner}\n{RANDOM_WEIGHTS_NOTICE.format(name=backbone.name)}\n{banner}", file=sys.stderr)

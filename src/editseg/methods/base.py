@@ -52,10 +52,16 @@ class Method(ABC):
         """What an evaluation records file of this method is tied to (besides data and input size):
         ``{"model": name, "config": {...}}``, JSON-ready. Runs resume into one records file only when
         these agree. The default reads ``model_name`` (or the backbone's name) and ``config.to_dict()``;
-        a method with other options (RLFseg: sampler, LoRA fingerprint) overrides it."""
+        backbone switches set away from their defaults are added; a method with other options (RLFseg:
+        sampler, LoRA fingerprint) overrides it."""
         config = getattr(self, "config", None)
-        model = getattr(self, "model_name", "") or getattr(getattr(self, "backbone", None), "name", "")
-        return {"model": model, "config": config.to_dict() if hasattr(config, "to_dict") else {}}
+        backbone = getattr(self, "backbone", None)
+        model = getattr(self, "model_name", "") or getattr(backbone, "name", "")
+        settings = {"model": model, "config": config.to_dict() if hasattr(config, "to_dict") else {}}
+        switched = backbone.changed_switches() if hasattr(backbone, "changed_switches") else {}
+        if switched:  # only when set: records written before switches existed still resume
+            settings["backbone_switches"] = switched
+        return settings
 
     @classmethod
     @abstractmethod

@@ -415,6 +415,8 @@ class EarlyGroundingMethod(Method):
             "batch_size": float(len(probe.expressions)),
         }
         prompts = probe.text.prompts
+        switches = backbone.changed_switches()
+        switched = {"backbone_switches": switches} if switches else {}  # recorded only when set
         results = [
             SegmentationResult(
                 expression=expression,
@@ -428,7 +430,7 @@ class EarlyGroundingMethod(Method):
                 prompt_tokens=prompts[i].token_strings(probe.token_sets[i]),
                 timings=dict(timings),
                 model=backbone.name,
-                config={**config.to_dict(), **self._refiner_record(expression)},
+                config={**config.to_dict(), **self._refiner_record(expression), **switched},
             )
             for i, expression in enumerate(probe.expressions)
         ]

@@ -4,7 +4,8 @@ One DiT forward at the first denoising step (t = 1): joint sequence
 ``[text (640: VLM image tokens, instruction, template tail, zero padding) | noisy | reference]``.
 Only the conditional branch is run (the official sampler adds a negative-prompt branch for CFG).
 
-Switches (attributes, set after loading, e.g. ``segmenter.backbone.vae_latent = "sample"``):
+Switches (``Backbone.switches``; set after loading with ``backbone.set_switches({...})`` or
+``--backbone-option KEY=VALUE``):
 
 - ``vae_latent``: ``"mean"`` (default: the posterior mean, deterministic) or ``"sample"`` (the
   official ``mean + std * noise`` draw, seeded with ``vae_seed``);
@@ -26,6 +27,7 @@ from ...probing.recorder import ProbeRecorder, TokenLayout
 from ...text import align_prompt
 from ..base import Backbone, EncodedText, PreparedImage
 from ..flux_inputs import FluxPipelineParts
+from ..switches import Switch
 from .model import probes_installed
 from .pipeline import grid_ids, official_size, pack_latents, unit_pixels, vlm_inputs, vlm_view
 
@@ -37,13 +39,19 @@ class Step1XEditBackbone(FluxPipelineParts, Backbone):
 
     text_sees_image = True  # its Qwen2.5-VL encodes the instruction with the image: never cached
     block_lists = ("double_blocks", "single_blocks")  # the official DiT's names
+    switches = {
+        "vae_latent": Switch(str, "mean", "the VAE posterior mean, or the official seeded sample", ("mean", "sample")),
+        "vae_seed": Switch(int, 0, "seed of the VAE latent draw when vae_latent=sample"),
+        "mrope": Switch(bool, True, "3-D VLM positions for image tokens as the official environment; false: 1-D"),
+        "add_vision_id": Switch(bool, False, "insert 'Picture 1: ' before the image (not the official text)"),
+    }
 
     def __init__(self, pipeline, name: str, is_random: bool = False, default_max_side: int | None = None) -> None:
         self.bind_pipeline(pipeline, name, is_random, default_max_side)
-        self.vae_latent: str = "mean"
-        self.vae_seed: int = 0
-        self.mrope: bool = True
-        self.add_vision_id: bool = False
+        self.vae_latent: str = self.switches["vae_latent"].default
+        self.vae_seed: int = self.switches["vae_seed"].default
+        self.mrope: bool = self.switches["mrope"].default
+        self.add_vision_id: bool = self.switches["add_vision_id"].default
 
     @property
     def default_feature_block(self) -> int:
