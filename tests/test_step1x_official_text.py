@@ -9,6 +9,8 @@ transcription written in this file, on the tiny random pipeline:
 2. Qwen2.5-VL gives the image tokens 3-D (t, h, w) positions (``reference_vlm``); transformers 5
    builds them only when given ``mm_token_type_ids``;
 3. the autoencoder samples its posterior: ``mean + exp(logvar / 2) * randn_like(mean)``.
+4. its VLM mask ``ids > 0`` makes "!" (Qwen token id 0) padding: under FlashAttention-2 no token
+   attends to it, it takes no position and its own attention output is zero in every layer.
 """
 
 from __future__ import annotations
@@ -214,3 +216,111 @@ def test_backbone_vae_latent_switch(backbone, photo):
     pixels = unit_pixels(photo.resize(backbone.prepare_image(photo).geometry.resized_size))[None]
     torch.testing.assert_close(sampled, official_sampled_latents(backbone.pipeline.vae, pixels, seed=5), rtol=1e-6, atol=1e-6)
     assert not torch.allclose(default, sampled)
+
+
+# -- 4. "!" (token id 0) ------------------------------------------------------------------------------
+# The official embedder masks ``input_ids > 0`` and runs the VLM with FlashAttention-2 (transformers
+# 4.49). A 0 inside that mask is padding to flash attention: the sequence is un-padded (only the
+# unmasked tokens go through a causal varlen attention) and the result is padded back with zeros;
+# ``get_rope_index`` numbers the unmasked tokens only and leaves the masked ones at position 1.
+BANG = "remove the dog! now!"
+BANG_QUOTED = 'remove the "red!" hat'  # quotes far after character 155: "!" is a piece of its own
+
+
+def official_varlen_attention(keep: torch.Tensor):
+    """FlashAttention-2 on an un-padded sequence, written out: causal softmax attention among the
+    kept tokens only, zeros at the dropped ones. (B=1; heads of keys/values shared by groups.)"""
+    index = keep[0].nonzero()[:, 0]
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        q, k, v = query[:, :, index], key[:, :, index], value[:, :, index]
+        scores = (q @ k.transpose(-1, -2)) * (scaling if scaling is not None else q.shape[-1] ** -0.5)
+        causal = torch.ones(len(index), len(index), dtype=torch.bool).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        out = torch.zeros_like(query)
+        out[:, :, index] = scores.softmax(dim=-1) @ v
+        return out.transpose(1, 2), None
+
+    return attention
+
+
+def official_embeddings(pipe, ids: torch.Tensor, pixel_values, grid_thw) -> torch.Tensor:
+    """The official last hidden states from token 217 on: mask ids > 0, positions of the kept tokens
+    from the M-RoPE walk (dropped ones at 1), attention as :func:`official_varlen_attention`."""
+    from transformers import AttentionInterface
+
+    encoder = pipe.text_encoder
+    config = encoder.config
+    keep = ids > 0
+    kept = ids[0][keep[0]].tolist()
+    grids = [tuple(int(x) for x in row) for row in grid_thw]
+    positions = torch.ones(3, 1, ids.shape[1], dtype=torch.long)
+    positions[:, 0, keep[0]] = reference_mrope_positions(kept, config.image_token_id, grids, config.vision_config.spatial_merge_size)
+    AttentionInterface.register("test-official-varlen", official_varlen_attention(keep))
+    text_config = encoder.config.get_text_config()
+    previous = text_config._attn_implementation
+    text_config._attn_implementation = "test-official-varlen"
+    try:
+        with torch.no_grad():
+            hidden = encoder(
+                input_ids=ids, attention_mask=keep.long(), pixel_values=pixel_values, image_grid_thw=grid_thw,
+                position_ids=positions, output_hidden_states=True,
+            ).hidden_states[-1][0, pipe.drop_tokens :]
+    finally:
+        text_config._attn_implementation = previous
+    return hidden
+
+
+@pytest.mark.parametrize("instruction", [BANG, BANG_QUOTED])
+def test_exclamation_is_padding_as_in_the_official_code(backbone, photo, instruction):
+    pipe = backbone.pipeline
+    view = backbone.prepare_image(photo).tensors["vlm_image"]
+    ids = official_input_ids(pipe.processor, instruction, view)
+    assert (ids == 0).any() and pipe.processor.tokenizer.convert_ids_to_tokens(0) == "!"
+    ours = vlm_inputs(pipe.processor, instruction, view)
+    assert ours.input_ids.tolist() == ids.tolist()
+    assert torch.equal(ours.attention_mask, (ids > 0).long())
+
+    reference = official_embeddings(pipe, ids, ours.pixel_values, ours.image_grid_thw)
+    embeds, mask = pipe.encode_prompt(ours)
+    length = ids.shape[1] - pipe.drop_tokens
+    assert mask.tolist() == [1] * length + [0] * (pipe.max_length - length)  # the DiT mask keeps "!"
+    torch.testing.assert_close(embeds[:length], reference, rtol=1e-4, atol=1e-5)
+    assert not embeds[length:].any()
+
+    # the cause of the old one-position difference: the ids > 0 mask alone, with eager/SDPA
+    # attention, lets the "!" query attend; only the "!" rows then differ from the official ones
+    with torch.no_grad():
+        plain = pipe.text_encoder(
+            input_ids=ours.input_ids, attention_mask=ours.attention_mask, pixel_values=ours.pixel_values,
+            image_grid_thw=ours.image_grid_thw, mm_token_type_ids=(ours.input_ids == pipe.text_encoder.config.image_token_id).int(),
+            output_hidden_states=True,
+        ).hidden_states[-1][0, pipe.drop_tokens :]
+    bang = ids[0, pipe.drop_tokens :] == 0
+    torch.testing.assert_close(plain[~bang], reference[~bang], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain[bang], reference[bang], atol=1e-3)
+
+    # the switch: "!" as an ordinary token (all-ones mask) differs on the "!" rows and after them
+    ordinary, ordinary_mask = pipe.encode_prompt(ours, id_zero_padding=False)
+    assert torch.equal(ordinary_mask, mask)
+    first = int(bang.nonzero()[0, 0])
+    assert not torch.allclose(ordinary[first], reference[first], atol=1e-3)
+    assert not torch.allclose(ordinary[first + 1 : length], reference[first + 1 :], atol=1e-3)
+    torch.testing.assert_close(ordinary[:first], reference[:first], rtol=1e-4, atol=1e-5)
+
+
+def test_exclamation_switch_on_the_backbone(backbone, photo):
+    prepared = backbone.prepare_image(photo)
+    default = backbone.encode_text(["the dog"], [BANG], prepared).tensors
+    plain = backbone.encode_text(["the dog"], ["remove the dog"], prepared).tensors
+    backbone.set_switches({"id_zero_padding": "false"})
+    try:
+        ordinary = backbone.encode_text(["the dog"], [BANG], prepared).tensors
+        same = backbone.encode_text(["the dog"], ["remove the dog"], prepared).tensors
+    finally:
+        backbone.set_switches({"id_zero_padding": True})
+    assert torch.equal(default["mask"], ordinary["mask"])
+    assert not torch.allclose(default["embeds"], ordinary["embeds"])
+    assert torch.equal(plain["embeds"], same["embeds"]) and torch.equal(plain["mask"], same["mask"])  # no "!": no change

@@ -12,6 +12,10 @@ Switches (``Backbone.switches``; set after loading with ``backbone.set_switches(
 - ``mrope``: True (default) gives the VLM's image tokens their 3-D positions, as the official
   environment did; False is transformers 5's 1-D fall-back (for comparison only);
 - ``add_vision_id``: False (default, the official text) or True ("Picture 1: " before the image).
+- ``id_zero_padding``: True (default, official) treats "!" (Qwen token id 0) as padding in the
+  VLM, as the official ``ids > 0`` attention mask under FlashAttention-2 does (an unintended
+  side-effect there: no token attends to "!", and its own attention output is zero in every
+  layer; see :mod:`.id_zero`); False makes "!" an ordinary token. No effect without "!".
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Step1XEditBackbone(FluxPipelineParts, Backbone):
         "vae_seed": Switch(int, 0, "seed of the VAE latent draw when vae_latent=sample"),
         "mrope": Switch(bool, True, "3-D VLM positions for image tokens as the official environment; false: 1-D"),
         "add_vision_id": Switch(bool, False, "insert 'Picture 1: ' before the image (not the official text)"),
+        "id_zero_padding": Switch(bool, True, "'!' (token id 0) is padding to the VLM as in the official code; false: an ordinary token"),
     }
 
     def __init__(self, pipeline, name: str, is_random: bool = False, default_max_side: int | None = None) -> None:
@@ -52,6 +57,7 @@ class Step1XEditBackbone(FluxPipelineParts, Backbone):
         self.vae_seed: int = self.switches["vae_seed"].default
         self.mrope: bool = self.switches["mrope"].default
         self.add_vision_id: bool = self.switches["add_vision_id"].default
+        self.id_zero_padding: bool = self.switches["id_zero_padding"].default
 
     @property
     def default_feature_block(self) -> int:
@@ -105,7 +111,7 @@ class Step1XEditBackbone(FluxPipelineParts, Backbone):
         prompts, embeds, masks = [], [], []
         for expression, instruction in zip(expressions, instructions):
             inputs = vlm_inputs(pipe.processor, instruction, image.tensors["vlm_image"], add_vision_id=self.add_vision_id)
-            embed, mask = pipe.encode_prompt(inputs, mrope=self.mrope)
+            embed, mask = pipe.encode_prompt(inputs, mrope=self.mrope, id_zero_padding=self.id_zero_padding)
             start, length = pipe.drop_tokens, int(mask.sum())
             ids = inputs.input_ids[0, start : start + length].tolist()
             spans = inputs.spans[start : start + length]

@@ -17,7 +17,10 @@ Text (``Qwen25VL_7b_Embedder.forward``), one prompt at a time:
   multiples of 28, then the processor's own resize within 256..324 × 28² pixels. Everything after
   the vision-end token is re-tokenised piecewise (double quotes — and apostrophes, turned into
   double quotes — after character 155 switch to one piece per character); the attention mask is
-  ``ids > 0``. The last hidden state (after the final norm) from token 217 on, at most 640 tokens,
+  ``ids > 0``, so "!" (id 0) is treated as padding: with the official FlashAttention-2 it is
+  un-padded away in every layer (no token attends to it, it takes no position, its own attention
+  output is zero), which :mod:`.id_zero` reproduces (``id_zero_padding=False`` on
+  :meth:`Step1XPipeline.encode_prompt`: "!" as an ordinary token instead). The last hidden state (after the final norm) from token 217 on, at most 640 tokens,
   zero-padded to 640 with a 0/1 mask, goes to the connector. The DiT's text stream therefore holds
   the VLM's image tokens (from ``<|vision_start|>``), the instruction and the chat-template tail.
   The VLM runs with its 3-D (M-RoPE) positions for the image tokens, as under transformers 4.49:
@@ -43,6 +46,8 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
+
+from .id_zero import zero_masked_attention
 
 SIZE_LEVEL = 512
 MAX_LENGTH = 640
@@ -297,26 +302,35 @@ class Step1XPipeline(DiffusionPipeline):
         return pack_latents((latents - shift) * vae.config.scaling_factor)
 
     @torch.no_grad()
-    def encode_prompt(self, inputs: VLMInputs, mrope: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_prompt(
+        self, inputs: VLMInputs, mrope: bool = True, id_zero_padding: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(max_length, hidden) embeddings and (max_length,) 0/1 mask of one prompt.
 
         ``mrope`` (default): pass ``mm_token_type_ids`` (1 on image-pad tokens) so that the VLM
         gives its image tokens 3-D positions as it was trained (transformers 4.49 found them from the
-        ids); False reproduces transformers 5's silent fall-back to 1-D positions."""
+        ids); False reproduces transformers 5's silent fall-back to 1-D positions.
+
+        ``id_zero_padding`` (default, official): "!" (id 0) is padding to the VLM (see :mod:`.id_zero`);
+        False: an all-ones mask, "!" an ordinary token. Prompts without "!" are the same either way."""
         device = self._execution_device
         encoder = self.text_encoder
         extra = {}
         if mrope:
             image_token = encoder.config.image_token_id
             extra["mm_token_type_ids"] = (inputs.input_ids == image_token).int().to(device)
-        output = encoder(
-            input_ids=inputs.input_ids.to(device),
-            attention_mask=inputs.attention_mask.to(device),
-            pixel_values=inputs.pixel_values.to(device, encoder.dtype),
-            image_grid_thw=inputs.image_grid_thw.to(device),
-            output_hidden_states=True,
-            **extra,
-        )
+        mask = inputs.attention_mask if id_zero_padding else torch.ones_like(inputs.attention_mask)
+        mask = mask.to(device)
+        # the official mask is ids > 0; FlashAttention-2 then zeroes the attention of those tokens
+        with zero_masked_attention(encoder, mask):
+            output = encoder(
+                input_ids=inputs.input_ids.to(device),
+                attention_mask=mask,
+                pixel_values=inputs.pixel_values.to(device, encoder.dtype),
+                image_grid_thw=inputs.image_grid_thw.to(device),
+                output_hidden_states=True,
+                **extra,
+            )
         hidden = output.hidden_states[-1][0, self.drop_tokens :][: self.max_length]
         embeds = hidden.new_zeros((self.max_length, hidden.shape[-1]))
         embeds[: hidden.shape[0]] = hidden
