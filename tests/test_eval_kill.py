@@ -136,3 +136,37 @@ def test_ctrl_c_stops_an_evaluation_at_the_next_sample_boundary():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_deferred_interrupt_waits_for_every_ctrl_c_and_restores_an_unknown_handler(monkeypatch):
+    """The writers' variant holds every SIGINT until ``check``; when the previous handler was not
+    installed from Python (``signal.signal`` returned None), Python's own Ctrl-C handler comes back
+    instead of the deferring one staying installed."""
+    from editseg.interrupts import DeferredInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with DeferredInterrupt() as interrupt:
+            for _ in range(2):  # a second Ctrl-C waits too
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+            assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        assert signal.getsignal(signal.SIGINT) is before
+
+        real_signal = signal.signal
+        calls = []
+
+        def from_c_code(signum, handler):
+            calls.append(handler)
+            previous = real_signal(signum, handler)
+            return None if len(calls) == 1 else previous  # the first call reports "not set from Python"
+
+        monkeypatch.setattr(signal, "signal", from_c_code)
+        with DeferredInterrupt():
+            pass
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

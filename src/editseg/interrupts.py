@@ -24,6 +24,7 @@ class DeferredInterrupt:
     def __init__(self, second_raises: bool = False) -> None:
         self.second_raises = second_raises
         self.requested = False
+        self._installed = False
         self._previous: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -34,12 +35,16 @@ class DeferredInterrupt:
     def __enter__(self) -> "DeferredInterrupt":
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        if self._installed:
+            # None: the previous handler was not installed from Python and cannot be put back;
+            # Python's own Ctrl-C handler then keeps Ctrl-C working instead of ours staying behind
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+            self._installed, self._previous = False, None
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` if Ctrl-C came while active."""
