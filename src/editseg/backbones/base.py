@@ -75,6 +75,12 @@ class Backbone(ABC):
         """Switches set away from their defaults: what evaluation records must be tied to."""
         return changed_switches(self)
 
+    def switch_settings(self) -> dict[str, Any]:
+        """``{"backbone_switches": changed}`` for results and records, or ``{}`` while every switch
+        is at its default (so records written before switches existed still resume)."""
+        changed = self.changed_switches()
+        return {"backbone_switches": changed} if changed else {}
+
     @property
     def num_blocks(self) -> int:
         return self.num_double_blocks + self.num_single_blocks

@@ -198,12 +198,11 @@ def run_settings(
             "shard": shard_label(shard_spec),
         }
     backbone = segmenter.backbone
-    switched = backbone.changed_switches()  # only when set, so older records files still resume
     return {
         "model": backbone.name,
         "method": DEFAULT_METHOD,
         "config": (config or segmenter.config).resolved(backbone).to_dict(),
-        **({"backbone_switches": switched} if switched else {}),
+        **backbone.switch_settings(),
         "max_side": segmenter.max_side,
         **dataset_info(dataset),
         "shard": shard_label(shard_spec),

@@ -58,10 +58,7 @@ class Method(ABC):
         backbone = getattr(self, "backbone", None)
         model = getattr(self, "model_name", "") or getattr(backbone, "name", "")
         settings = {"model": model, "config": config.to_dict() if hasattr(config, "to_dict") else {}}
-        switched = backbone.changed_switches() if hasattr(backbone, "changed_switches") else {}
-        if switched:  # only when set: records written before switches existed still resume
-            settings["backbone_switches"] = switched
-        return settings
+        return {**settings, **(backbone.switch_settings() if hasattr(backbone, "switch_settings") else {})}
 
     @classmethod
     @abstractmethod

@@ -415,8 +415,7 @@ class EarlyGroundingMethod(Method):
             "batch_size": float(len(probe.expressions)),
         }
         prompts = probe.text.prompts
-        switches = backbone.changed_switches()
-        switched = {"backbone_switches": switches} if switches else {}  # recorded only when set
+        switched = backbone.switch_settings()
         results = [
             SegmentationResult(
                 expression=expression,

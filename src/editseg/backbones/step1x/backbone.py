@@ -51,13 +51,16 @@ class Step1XEditBackbone(FluxPipelineParts, Backbone):
         "id_zero_padding": Switch(bool, True, "'!' (token id 0) is padding to the VLM as in the official code; false: an ordinary token"),
     }
 
+    vae_latent: str
+    vae_seed: int
+    mrope: bool
+    add_vision_id: bool
+    id_zero_padding: bool
+
     def __init__(self, pipeline, name: str, is_random: bool = False, default_max_side: int | None = None) -> None:
         self.bind_pipeline(pipeline, name, is_random, default_max_side)
-        self.vae_latent: str = self.switches["vae_latent"].default
-        self.vae_seed: int = self.switches["vae_seed"].default
-        self.mrope: bool = self.switches["mrope"].default
-        self.add_vision_id: bool = self.switches["add_vision_id"].default
-        self.id_zero_padding: bool = self.switches["id_zero_padding"].default
+        for switch_name, switch in self.switches.items():  # every switch starts at its declared default
+            setattr(self, switch_name, switch.default)
 
     @property
     def default_feature_block(self) -> int:
